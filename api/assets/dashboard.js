@@ -1,0 +1,257 @@
+// Marquee dashboard: experiments list and per-experiment results, charts in plain SVG.
+// No framework and no CDN: the api embeds this file, so the page works offline.
+"use strict";
+
+const COLORS = ["#2563eb", "#16a34a", "#ea580c", "#9333ea", "#0891b2", "#be123c", "#4d7c0f", "#a16207"];
+const COOKIE = "marquee_key";
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function readKey() {
+  // A key in the fragment (never sent to the server) signs in once, then leaves the URL.
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.get("key")) {
+    saveKey(hash.get("key"));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const match = document.cookie.split("; ").find((c) => c.startsWith(COOKIE + "="));
+  return match ? decodeURIComponent(match.split("=")[1]) : null;
+}
+
+function saveKey(key) {
+  document.cookie = `${COOKIE}=${encodeURIComponent(key)}; path=/dashboard; SameSite=Strict; max-age=${7 * 86400}`;
+}
+
+function forgetKey() {
+  document.cookie = `${COOKIE}=; path=/dashboard; max-age=0`;
+}
+
+async function api(path, key) {
+  const response = await fetch(path, { headers: { "x-api-key": key, accept: "application/json" } });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error((body.error && body.error.message) || response.statusText);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const pct = (x, digits = 2) => (x === null || x === undefined ? "–" : (100 * x).toFixed(digits) + "%");
+const num = (x) => (x === null || x === undefined ? "–" : x.toLocaleString("en-US"));
+const ci = (e) => (e && e.mean !== null ? `${pct(e.mean)} (${pct(e.ci_low)} – ${pct(e.ci_high)})` : "–");
+
+function showLogin(message) {
+  forgetKey();
+  for (const id of ["list", "detail"]) document.getElementById(id).hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("logout").hidden = true;
+  const error = document.getElementById("login-error");
+  error.hidden = !message;
+  error.textContent = message || "";
+}
+
+// ---------------------------------------------------------------- charts
+
+function frame(width, height) {
+  return svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img" });
+}
+
+function legend(container, names) {
+  const box = el("div", { class: "legend" });
+  names.forEach((name, i) => {
+    const item = el("span");
+    const swatch = el("i");
+    swatch.style.background = COLORS[i % COLORS.length];
+    item.append(swatch, document.createTextNode(name));
+    box.append(item);
+  });
+  container.append(box);
+}
+
+// Point estimate with a CI whisker per arm; green when the CI is above 0, red when below.
+function liftChart(container, comparisons) {
+  const rows = comparisons
+    .map((c) => ({ arm: c.arm, mid: c.pooled.rel_lift, ci: c.pooled.rel_ci }))
+    .filter((r) => r.mid !== null && r.ci);
+  const width = 420, rowHeight = 40, top = 16, left = 90, right = 56;
+  const height = Math.max(180, top + Math.max(rows.length, 1) * rowHeight + 24);
+  const chart = frame(width, height);
+  chart.setAttribute("data-chart", "lift");
+  if (!rows.length) {
+    chart.append(svg("text", { x: 10, y: 30 }, "No comparison yet: needs traffic in control and a treatment arm."));
+    container.append(chart);
+    return;
+  }
+  const lo = Math.min(0, ...rows.map((r) => r.ci.low)), hi = Math.max(0, ...rows.map((r) => r.ci.high));
+  const pad = (hi - lo) * 0.1 || 0.1;
+  const x = (v) => left + ((v - (lo - pad)) / (hi - lo + 2 * pad)) * (width - left - right);
+  chart.append(svg("line", { class: "axis", x1: x(0), x2: x(0), y1: top - 8, y2: height - 20 }));
+  chart.append(svg("text", { x: x(0), y: height - 6, "text-anchor": "middle" }, "0%"));
+  rows.forEach((r, i) => {
+    const y = top + i * rowHeight + rowHeight / 2;
+    const color = r.ci.low > 0 ? "#15803d" : r.ci.high < 0 ? "#b91c1c" : "#6b7280";
+    chart.append(svg("text", { x: left - 8, y: y + 4, "text-anchor": "end" }, r.arm));
+    chart.append(svg("line", { x1: x(r.ci.low), x2: x(r.ci.high), y1: y, y2: y, stroke: color, "stroke-width": 3 }));
+    chart.append(svg("circle", { cx: x(r.mid), cy: y, r: 5, fill: color }));
+    chart.append(svg("text", { x: x(r.ci.high) + 6, y: y + 4 }, pct(r.mid, 1)));
+  });
+  container.append(chart);
+}
+
+// One line per series over time; `series` is [{name, points: [[Date, value]]}], steps for weights.
+function lineChart(container, name, series, { step = false, yMax = null, format = (v) => pct(v, 1) } = {}) {
+  const width = 420, height = 220, left = 48, right = 12, top = 12, bottom = 28;
+  const chart = frame(width, height);
+  chart.setAttribute("data-chart", name);
+  const all = series.flatMap((s) => s.points);
+  if (!all.length) {
+    chart.append(svg("text", { x: 10, y: 30 }, "No data yet."));
+    container.append(chart);
+    return;
+  }
+  const t0 = Math.min(...all.map((p) => p[0].getTime())), t1 = Math.max(...all.map((p) => p[0].getTime()));
+  const vMax = yMax !== null ? yMax : Math.max(...all.map((p) => p[1])) * 1.15 || 1;
+  const x = (t) => left + (t1 === t0 ? 0.5 : (t - t0) / (t1 - t0)) * (width - left - right);
+  const y = (v) => top + (1 - v / vMax) * (height - top - bottom);
+  for (let i = 0; i <= 4; i++) {
+    const v = (vMax * i) / 4;
+    chart.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(v), y2: y(v) }));
+    chart.append(svg("text", { x: left - 4, y: y(v) + 4, "text-anchor": "end" }, format(v)));
+  }
+  chart.append(svg("text", { x: left, y: height - 8 }, new Date(t0).toISOString().slice(0, 10)));
+  if (t1 !== t0) chart.append(svg("text", { x: width - right, y: height - 8, "text-anchor": "end" }, new Date(t1).toISOString().slice(0, 10)));
+  series.forEach((s, i) => {
+    const pts = s.points.map((p) => [x(p[0].getTime()), y(p[1])]);
+    let d = "";
+    pts.forEach(([px, py], j) => {
+      if (j === 0) d += `M${px},${py}`;
+      else d += step ? `H${px}V${py}` : `L${px},${py}`;
+    });
+    if (step && pts.length) d += `H${width - right}`;
+    const color = COLORS[i % COLORS.length];
+    chart.append(svg("path", { d, fill: "none", stroke: color, "stroke-width": 2 }));
+    pts.forEach(([px, py]) => chart.append(svg("circle", { cx: px, cy: py, r: 2.5, fill: color })));
+  });
+  container.append(chart);
+  legend(container, series.map((s) => s.name));
+}
+
+// ---------------------------------------------------------------- views
+
+async function renderList(key) {
+  const { experiments } = await api("/v1/dashboard/experiments", key);
+  const body = document.querySelector("#experiments tbody");
+  body.replaceChildren();
+  for (const e of experiments) {
+    const row = el("tr", { class: "clickable", "data-experiment": e.key });
+    row.append(el("td", {}, e.key), el("td", {}, e.status), el("td", {}, e.policy), el("td", {}, e.metric));
+    const headline = el("td", {}, e.headline || "–");
+    if (e.headline_tone) headline.className = e.headline_tone;
+    row.append(headline);
+    row.addEventListener("click", () => {
+      location.search = "?experiment=" + encodeURIComponent(e.key);
+    });
+    body.append(row);
+  }
+  document.getElementById("list").hidden = false;
+}
+
+async function renderDetail(key, experiment) {
+  const results = await api(`/v1/experiments/${encodeURIComponent(experiment)}/results`, key);
+  const report = results.report;
+  document.getElementById("detail-title").textContent = `Experiment ${results.experiment.key}`;
+  document.getElementById("detail-meta").textContent =
+    `${results.experiment.status} · ${results.experiment.policy} · metric ${results.experiment.metric} · ${results.from} to ${results.to}`;
+
+  const warning = document.getElementById("srm-warning");
+  if (report.srm && report.srm.mismatch) {
+    warning.hidden = false;
+    warning.textContent = `Sample-ratio mismatch: users per arm do not match the configured split (p = ${report.srm.p_value.toExponential(2)}). ` +
+      "Assignment or logging is broken somewhere; do not trust these results until it is explained.";
+  } else {
+    warning.hidden = true;
+  }
+
+  const comparisons = Object.fromEntries(report.comparisons.map((c) => [c.arm, c]));
+  const body = document.querySelector("#arms tbody");
+  body.replaceChildren();
+  for (const arm of report.arms) {
+    const c = comparisons[arm.arm];
+    const lift = c ? c.pooled : null;
+    const row = el("tr", { "data-arm": arm.arm });
+    const liftCell = el("td", {}, lift && lift.rel_lift !== null ? pct(lift.rel_lift, 1) : arm.is_control ? "control" : "–");
+    if (lift && lift.rel_ci) liftCell.className = lift.rel_ci.low > 0 ? "good" : lift.rel_ci.high < 0 ? "bad" : "";
+    row.append(
+      el("td", {}, arm.arm), el("td", {}, arm.algorithm), el("td", {}, pct(arm.weight, 1)), el("td", {}, num(arm.users)),
+      el("td", {}, num(arm.impressions)), el("td", {}, num(arm.clicks)), el("td", {}, ci(arm.ctr)), el("td", {}, ci(arm.conversion)),
+      liftCell, el("td", {}, lift && lift.p_value !== null ? lift.p_value.toFixed(4) : "–"),
+      el("td", {}, lift && lift.chance_to_beat !== null ? pct(lift.chance_to_beat, 1) : "–"),
+    );
+    body.append(row);
+  }
+
+  const arms = report.arms.map((a) => a.arm);
+  const liftBox = document.getElementById("chart-lift");
+  liftChart(liftBox, report.comparisons);
+  const ctrSeries = arms.map((arm) => ({
+    name: arm,
+    points: report.daily.filter((d) => d.arm === arm && d.ctr !== null).map((d) => [new Date(d.day + "T00:00:00Z"), d.ctr]),
+  }));
+  lineChart(document.getElementById("chart-ctr"), "ctr", ctrSeries);
+  const weightSeries = arms.map((arm) => ({
+    name: arm,
+    points: results.weight_history.filter((w) => w.arm === arm).map((w) => [new Date(w.computed_at), w.weight]),
+  }));
+  // Without history the configured weights are the whole story: draw them as one point.
+  weightSeries.forEach((s, i) => {
+    if (!s.points.length) s.points.push([new Date(), report.arms[i].weight]);
+  });
+  lineChart(document.getElementById("chart-weights"), "weights", weightSeries, { step: true, yMax: 1, format: (v) => pct(v, 0) });
+  document.getElementById("method").textContent =
+    report.method === "pooled" ? "Lifts pool all traffic: the weights did not change in this window."
+      : "Weights changed in this window: lifts compare arms within each day and combine them (inverse-variance), see docs/statistics.md.";
+  document.getElementById("detail").hidden = false;
+  document.body.setAttribute("data-ready", "detail");
+}
+
+async function main() {
+  document.getElementById("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveKey(document.getElementById("key").value.trim());
+    location.reload();
+  });
+  document.getElementById("logout").addEventListener("click", () => {
+    forgetKey();
+    location.href = "/dashboard";
+  });
+  const key = readKey();
+  if (!key) return showLogin();
+  document.getElementById("logout").hidden = false;
+  const experiment = new URLSearchParams(location.search).get("experiment");
+  try {
+    await renderList(key);
+    if (experiment) await renderDetail(key, experiment);
+    else document.body.setAttribute("data-ready", "list");
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) return showLogin("That key was refused: " + error.message);
+    const message = el("p", { class: "error" }, "Could not load: " + error.message);
+    document.querySelector("main").prepend(message);
+    document.body.setAttribute("data-ready", "error");
+  }
+}
+
+main();

@@ -1,0 +1,58 @@
+//! The api's one configuration struct, read from `MARQUEE_*` env vars.
+
+use repositories::settings::StackArgs;
+
+/// Everything the api needs to start; every field has a default that points at
+/// the local stack, so `api` alone runs against `scripts/stack.sh up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    #[arg(long, env = "MARQUEE_API_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, env = "MARQUEE_API_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Admin key accepted before any key exists in PostgreSQL (first start). Empty disables it.
+    #[arg(long, env = "MARQUEE_BOOTSTRAP_ADMIN_KEY", default_value = "")]
+    pub bootstrap_admin_key: String,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MARQUEE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Most events in one `POST /v1/events`.
+    #[arg(long, env = "MARQUEE_MAX_EVENTS_PER_BATCH", default_value_t = 1000)]
+    pub max_events_per_batch: usize,
+    /// Impressions buffered in memory while Kafka is slow; beyond it they are dropped and counted.
+    #[arg(long, env = "MARQUEE_IMPRESSION_QUEUE", default_value_t = 10_000)]
+    pub impression_queue: usize,
+    /// Experiment used when a recommendations request names none.
+    #[arg(long, env = "MARQUEE_DEFAULT_EXPERIMENT", default_value = "home")]
+    pub default_experiment: String,
+    /// Seconds between reloads of the in-process catalog and experiments.
+    #[arg(long, env = "MARQUEE_CATALOG_REFRESH_S", default_value_t = 30)]
+    pub catalog_refresh_s: u64,
+    /// Time limit of a whole request, in milliseconds.
+    #[arg(long, env = "MARQUEE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Time limit of each dependency probe in `/health/ready`, in milliseconds.
+    #[arg(long, env = "MARQUEE_READY_TIMEOUT_MS", default_value_t = 1000)]
+    pub ready_timeout_ms: u64,
+    /// Run migrations at startup.
+    #[arg(long, env = "MARQUEE_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+impl ApiConfig {
+    /// Settings from `MARQUEE_*` env vars with defaults for the rest (tests start from here).
+    pub fn local_defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: ApiConfig,
+        }
+        <Only as clap::Parser>::try_parse_from(["api"])
+            .map(|o| o.config)
+            .unwrap_or_else(|e| panic!("ApiConfig defaults must parse: {e}"))
+    }
+}

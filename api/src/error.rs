@@ -1,0 +1,136 @@
+//! The api's error type: every failure maps to a status and a JSON body
+//! `{"error": {"code", "message", "field"?}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use domain::ValidationError;
+use repositories::RepoError;
+
+/// What went wrong, in terms a client can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("this key's role may not call this route")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0} is unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable code, a message, and the offending field when there is one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code: "invalid_request",
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
+            Self::Validation(e) => (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                Some(e.field.clone()),
+            ),
+            Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, code, field.clone()),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                Some("x-api-key".into()),
+            ),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", Some("x-api-key".into())),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Some("body".into()),
+            ),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                Some("content-type".into()),
+            ),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+        }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::NotFound(what) => Self::NotFound(what),
+            RepoError::Conflict(what) => Self::Conflict(what),
+            e if e.is_transient() => Self::Unavailable(e.to_string()),
+            e => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = self.parts();
+        let message = match &self {
+            // Internal details go to the log, not to the client.
+            Self::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                "internal error".to_owned()
+            }
+            Self::Unavailable(e) => {
+                tracing::warn!(error = %e, "dependency unavailable");
+                self.to_string()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+                field,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,12 @@
+//! Marquee's api: the HTTP face of the engine.
+//!
+//! `startup::Application` builds a running server from an [`config::ApiConfig`];
+//! tests build one on a random port against the local stack.
+
+pub mod config;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,183 @@
+//! Building and running the api: stores, migrations, router, listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use repositories::stores::Stores;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::ApiConfig;
+use crate::openapi::ApiDoc;
+use crate::routes;
+use crate::state::AppState;
+use crate::telemetry;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A bound, not yet serving api.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    state: AppState,
+}
+
+impl Application {
+    /// Open the stores, migrate (with a bounded retry), and bind the listener.
+    pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
+        let stores = Stores::open(&config.stack).context("opening store clients")?;
+        if config.migrate_on_start {
+            migrate_with_retry(&stores).await?;
+        }
+        let state = AppState {
+            config: Arc::new(config.clone()),
+            stores,
+            prometheus: telemetry::prometheus(),
+        };
+        let router = build_router(state.clone());
+        let address = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        Ok(Self {
+            listener,
+            router,
+            shutdown: CancellationToken::new(),
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Cancel it to stop the server gracefully (tests; signals do the same).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until SIGTERM, Ctrl-C or the shutdown token; in-flight requests finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        tracing::info!(address = %self.listener.local_addr()?, "api listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = shutdown_signal() => {}
+                }
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+            .context("serving http")?;
+        self.shutdown.cancel();
+        Ok(())
+    }
+}
+
+/// Migrate, retrying while the stores come up (e.g. all started together by compose).
+pub async fn migrate_with_retry(stores: &Stores) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match stores.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migration failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("migrating stores (gave up after 30s)"))
+            }
+        }
+    }
+}
+
+/// SIGTERM (orchestrators) or Ctrl-C (terminals).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Routes plus the layers every request goes through.
+pub fn build_router(state: AppState) -> Router {
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    let max_body = state.config.max_body_bytes;
+    routes::router(state)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Count, latency histogram and status per route template (not per raw path,
+/// which would explode the label set with user ids).
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("marquee_http_requests_total", &labels).increment(1);
+    metrics::histogram!("marquee_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,410 @@
+//! Events on the wire: what front-ends, the api and the worker exchange through Kafka.
+//!
+//! One parser serves both the api (`POST /v1/events`) and the worker (Kafka
+//! messages), so a message the api accepts is exactly a message the worker accepts.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
+use crate::ValidationError;
+
+/// Longest served list an impression may carry.
+pub const MAX_IMPRESSION_ITEMS: usize = 100;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Impression,
+    Click,
+    View,
+    Like,
+    Conversion,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Impression => "impression",
+            Self::Click => "click",
+            Self::View => "view",
+            Self::Like => "like",
+            Self::Conversion => "conversion",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        match value {
+            "impression" => Ok(Self::Impression),
+            "click" => Ok(Self::Click),
+            "view" => Ok(Self::View),
+            "like" => Ok(Self::Like),
+            "conversion" => Ok(Self::Conversion),
+            _ => Err(ValidationError::new(
+                "type",
+                "must be one of impression, click, view, like, conversion",
+            )),
+        }
+    }
+
+    /// Kinds a client may send; impressions are only emitted by the api itself.
+    pub fn is_client_kind(self) -> bool {
+        !matches!(self, Self::Impression)
+    }
+}
+
+/// One movie in a served list, with its 0-based position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServedItem {
+    pub movie_id: MovieId,
+    pub position: u16,
+}
+
+/// Which experiment arm served a list: the attribution target of later clicks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub experiment: ExperimentKey,
+    pub arm: ArmKey,
+    pub algorithm: AlgorithmKey,
+    /// Position of the attributed movie in the served list, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u16>,
+}
+
+/// The JSON shape of an event before validation: every field optional so that
+/// the validator, not serde, names what is missing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub movie_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    // Impression-only fields, set by the api.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ServedItem>>,
+}
+
+/// The impression-specific part of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImpressionDetails {
+    pub experiment: ExperimentKey,
+    pub arm: ArmKey,
+    pub algorithm: AlgorithmKey,
+    pub model_version: Option<String>,
+    pub items: Vec<ServedItem>,
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: EventId,
+    pub kind: EventKind,
+    pub user_id: UserId,
+    pub movie_id: Option<MovieId>,
+    pub request_id: Option<RequestId>,
+    pub ts: DateTime<Utc>,
+    pub value: Option<f64>,
+    pub impression: Option<ImpressionDetails>,
+}
+
+/// Rules a validator applies that depend on the caller's clock and policy.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRules {
+    /// Events stamped further ahead than this are rejected as clock errors.
+    pub max_future_skew: Duration,
+    /// Whether `impression` events are acceptable (worker: yes; client API: no).
+    pub allow_impressions: bool,
+}
+
+impl Default for EventRules {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::minutes(5),
+            allow_impressions: true,
+        }
+    }
+}
+
+fn required<T>(field: &str, value: Option<T>) -> Result<T, ValidationError> {
+    value.ok_or_else(|| ValidationError::new(field, "is required"))
+}
+
+fn parse_uuid(field: &str, value: &str) -> Result<Uuid, ValidationError> {
+    Uuid::parse_str(value).map_err(|_| ValidationError::new(field, "must be a UUID"))
+}
+
+impl RawEvent {
+    /// Validate into an [`Event`], stamping `now` when the producer gave no `ts`.
+    pub fn validate(self, now: DateTime<Utc>, rules: EventRules) -> Result<Event, ValidationError> {
+        let id = EventId::from(parse_uuid(
+            "event_id",
+            &required("event_id", self.event_id)?,
+        )?);
+        let kind = EventKind::parse(&required("type", self.kind)?)?;
+        if kind == EventKind::Impression && !rules.allow_impressions {
+            return Err(ValidationError::new(
+                "type",
+                "impression events are emitted by the api only",
+            ));
+        }
+        let user_id = UserId::parse(required("user_id", self.user_id)?)?;
+        let movie_id = self.movie_id.map(MovieId::parse).transpose()?;
+        if matches!(kind, EventKind::Click | EventKind::View | EventKind::Like)
+            && movie_id.is_none()
+        {
+            return Err(ValidationError::new(
+                "movie_id",
+                "is required for this event type",
+            ));
+        }
+        let request_id = self
+            .request_id
+            .as_deref()
+            .map(|r| parse_uuid("request_id", r).map(RequestId::from))
+            .transpose()?;
+        let ts = self.ts.unwrap_or(now);
+        if ts > now + rules.max_future_skew {
+            return Err(ValidationError::new("ts", "is too far in the future"));
+        }
+        if let Some(value) = self.value {
+            if !value.is_finite() {
+                return Err(ValidationError::new("value", "must be a finite number"));
+            }
+        }
+        let impression = if kind == EventKind::Impression {
+            if request_id.is_none() {
+                return Err(ValidationError::new(
+                    "request_id",
+                    "is required for impressions",
+                ));
+            }
+            let items = required("items", self.items)?;
+            if items.is_empty() || items.len() > MAX_IMPRESSION_ITEMS {
+                return Err(ValidationError::new(
+                    "items",
+                    format!("must hold 1 to {MAX_IMPRESSION_ITEMS} items"),
+                ));
+            }
+            Some(ImpressionDetails {
+                experiment: ExperimentKey::parse(required("experiment", self.experiment)?)?,
+                arm: ArmKey::parse(required("arm", self.arm)?)?,
+                algorithm: AlgorithmKey::parse(required("algorithm", self.algorithm)?)?,
+                model_version: self.model_version,
+                items,
+            })
+        } else {
+            for (field, present) in [
+                ("experiment", self.experiment.is_some()),
+                ("arm", self.arm.is_some()),
+                ("algorithm", self.algorithm.is_some()),
+                ("items", self.items.is_some()),
+            ] {
+                if present {
+                    return Err(ValidationError::new(
+                        field,
+                        "is only allowed on impressions",
+                    ));
+                }
+            }
+            None
+        };
+        Ok(Event {
+            id,
+            kind,
+            user_id,
+            movie_id,
+            request_id,
+            ts,
+            value: self.value,
+            impression,
+        })
+    }
+}
+
+impl Event {
+    /// Parse and validate one Kafka message payload.
+    pub fn from_json(
+        bytes: &[u8],
+        now: DateTime<Utc>,
+        rules: EventRules,
+    ) -> Result<Self, ValidationError> {
+        let raw: RawEvent = serde_json::from_slice(bytes)
+            .map_err(|e| ValidationError::new("body", format!("invalid event JSON: {e}")))?;
+        raw.validate(now, rules)
+    }
+
+    /// The wire form, as produced to Kafka.
+    pub fn to_raw(&self) -> RawEvent {
+        let imp = self.impression.as_ref();
+        RawEvent {
+            event_id: Some(self.id.to_string()),
+            kind: Some(self.kind.as_str().to_owned()),
+            user_id: Some(self.user_id.to_string()),
+            movie_id: self.movie_id.map(MovieId::get),
+            request_id: self.request_id.map(|r| r.to_string()),
+            ts: Some(self.ts),
+            value: self.value,
+            experiment: imp.map(|i| i.experiment.to_string()),
+            arm: imp.map(|i| i.arm.to_string()),
+            algorithm: imp.map(|i| i.algorithm.to_string()),
+            model_version: imp.and_then(|i| i.model_version.clone()),
+            items: imp.map(|i| i.items.clone()),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of plain fields cannot fail.
+        serde_json::to_vec(&self.to_raw()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn click() -> RawEvent {
+        RawEvent {
+            event_id: Some(Uuid::nil().to_string()),
+            kind: Some("click".into()),
+            user_id: Some("u1".into()),
+            movie_id: Some(7),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_click_validates_and_round_trips() {
+        let event = click().validate(now(), EventRules::default()).unwrap();
+        assert_eq!(event.ts, now());
+        let again = Event::from_json(&event.to_json(), now(), EventRules::default()).unwrap();
+        assert_eq!(again, event);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(RawEvent, &str)> = vec![
+            (
+                RawEvent {
+                    event_id: None,
+                    ..click()
+                },
+                "event_id",
+            ),
+            (
+                RawEvent {
+                    event_id: Some("x".into()),
+                    ..click()
+                },
+                "event_id",
+            ),
+            (
+                RawEvent {
+                    kind: Some("buy".into()),
+                    ..click()
+                },
+                "type",
+            ),
+            (
+                RawEvent {
+                    user_id: Some("".into()),
+                    ..click()
+                },
+                "user_id",
+            ),
+            (
+                RawEvent {
+                    movie_id: None,
+                    ..click()
+                },
+                "movie_id",
+            ),
+            (
+                RawEvent {
+                    movie_id: Some(-1),
+                    ..click()
+                },
+                "movie_id",
+            ),
+            (
+                RawEvent {
+                    request_id: Some("no".into()),
+                    ..click()
+                },
+                "request_id",
+            ),
+            (
+                RawEvent {
+                    ts: Some(now() + Duration::days(1)),
+                    ..click()
+                },
+                "ts",
+            ),
+            (
+                RawEvent {
+                    arm: Some("a".into()),
+                    ..click()
+                },
+                "arm",
+            ),
+            (
+                RawEvent {
+                    kind: Some("impression".into()),
+                    ..click()
+                },
+                "request_id",
+            ),
+        ];
+        for (raw, field) in cases {
+            let err = raw
+                .clone()
+                .validate(now(), EventRules::default())
+                .unwrap_err();
+            assert_eq!(err.field, field, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn clients_cannot_send_impressions() {
+        let rules = EventRules {
+            allow_impressions: false,
+            ..EventRules::default()
+        };
+        let raw = RawEvent {
+            kind: Some("impression".into()),
+            ..click()
+        };
+        assert_eq!(raw.validate(now(), rules).unwrap_err().field, "type");
+    }
+
+    #[test]
+    fn malformed_json_is_a_body_error() {
+        let err = Event::from_json(b"{not json", now(), EventRules::default()).unwrap_err();
+        assert_eq!(err.field, "body");
+    }
+}

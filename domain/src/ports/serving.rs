@@ -1,0 +1,1 @@
+//! Ports the serving path (api) needs: catalog, experiments, assignments, recommendation cache, event bus.

@@ -1,0 +1,98 @@
+//! API keys: only a SHA-256 of each key is stored, so a leaked table leaks no key.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{RepoError, RepoResult};
+
+/// What a key may do. `admin` may do everything; `analyst` reads results;
+/// `client` asks for recommendations and sends events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Analyst,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Analyst => "analyst",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "client" => Some(Self::Client),
+            "analyst" => Some(Self::Analyst),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A key as it is looked up: its id and role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: Uuid,
+    pub role: Role,
+}
+
+/// The stored form of a key.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A fresh random key with a readable prefix naming its role (`mq_client_…`).
+pub fn generate_key(role: Role) -> String {
+    format!(
+        "mq_{}_{}",
+        role.as_str(),
+        Uuid::new_v4().simple().to_string() + &Uuid::new_v4().simple().to_string()[..16]
+    )
+}
+
+/// Store a new key and return it in clear text: the only time it is visible.
+pub async fn create(pool: &PgPool, role: Role, name: &str) -> RepoResult<(Uuid, String)> {
+    let key = generate_key(role);
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO api_keys (id, hash, role, name) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(hash_key(&key))
+        .bind(role.as_str())
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok((id, key))
+}
+
+/// The unrevoked key with this clear text, if any.
+pub async fn find(pool: &PgPool, key: &str) -> RepoResult<Option<StoredKey>> {
+    let row: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, role FROM api_keys WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(hash_key(key))
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(id, role)| {
+        Role::parse(&role)
+            .map(|role| StoredKey { id, role })
+            .ok_or_else(|| RepoError::Corrupt(format!("api key {id} has unknown role {role}")))
+    })
+    .transpose()
+}
+
+/// Revoke a key by id; revoked keys stop working within the api's key-cache lifetime.
+pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<()> {
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(RepoError::NotFound(format!("api key {id}")));
+    }
+    Ok(())
+}

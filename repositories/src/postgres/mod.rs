@@ -1,0 +1,50 @@
+//! PostgreSQL: the source of truth for movies, history, experiments, models and keys.
+
+pub mod api_keys;
+pub mod ingest;
+pub mod reweight;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::{RepoError, RepoResult};
+
+/// Migrations under `migrations/postgres`, embedded at compile time so each
+/// binary can bring the schema up to date by itself at startup.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Open a lazily connecting pool: the first query connects, so startup order
+/// between a binary and its database does not matter.
+pub fn connect_lazy(settings: &PostgresSettings) -> RepoResult<PgPool> {
+    let options: PgConnectOptions = settings
+        .url
+        .parse()
+        .map_err(|e: sqlx::Error| RepoError::Config(format!("MARQUEE_DATABASE_URL: {e}")))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+/// Apply pending migrations; idempotent, and safe with several binaries starting at once
+/// (sqlx takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> RepoResult<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Cheapest round trip that proves the database answers queries.
+pub async fn ping(pool: &PgPool) -> RepoResult<()> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}

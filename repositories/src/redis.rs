@@ -1,0 +1,134 @@
+//! Redis: the serving cache (recommendation lists, hot movies, weights, dedup keys).
+//!
+//! Everything stored here can be rebuilt from PostgreSQL, ClickHouse and S3.
+
+use deadpool_redis::redis::AsyncCommands;
+use deadpool_redis::{Config, Connection, Pool, Runtime};
+
+use crate::{RepoError, RepoResult};
+
+/// How to reach Redis, and the prefix that keeps this deployment's keys apart
+/// (tests use a fresh prefix each so they can share one server).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub namespace: String,
+    pub pool_size: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// The names of every key Marquee uses, in one place.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    namespace: String,
+}
+
+impl Keys {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+        }
+    }
+
+    /// A user's precomputed list for one algorithm.
+    pub fn recs(&self, algorithm: &str, user_id: &str) -> String {
+        format!("{}recs:{algorithm}:{user_id}", self.namespace)
+    }
+
+    /// Sorted set of currently popular movies (score = recent interactions).
+    pub fn hot_movies(&self) -> String {
+        format!("{}hot:movies", self.namespace)
+    }
+
+    /// Current weights of an experiment's arms, as JSON.
+    pub fn weights(&self, experiment: &str) -> String {
+        format!("{}weights:{experiment}", self.namespace)
+    }
+
+    /// Pub/sub channel that tells api replicas to reload weights.
+    pub fn weights_channel(&self) -> String {
+        format!("{}weights:changed", self.namespace)
+    }
+
+    /// Fast-path marker that an event was already processed.
+    pub fn dedup(&self, event_id: &str) -> String {
+        format!("{}dedup:{event_id}", self.namespace)
+    }
+
+    /// Attribution of a served list, for the clicks that follow it.
+    pub fn attribution(&self, request_id: &str) -> String {
+        format!("{}attr:{request_id}", self.namespace)
+    }
+
+    /// Model version a precomputed list family came from.
+    pub fn recs_version(&self, algorithm: &str) -> String {
+        format!("{}recs-version:{algorithm}", self.namespace)
+    }
+}
+
+/// A connection pool plus the key names.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    pub keys: Keys,
+    timeout: std::time::Duration,
+}
+
+impl RedisStore {
+    pub fn new(settings: &RedisSettings) -> RepoResult<Self> {
+        let mut config = Config::from_url(settings.url.clone());
+        let mut pool_config = deadpool_redis::PoolConfig::new(settings.pool_size);
+        pool_config.timeouts.wait = Some(settings.timeout);
+        pool_config.timeouts.create = Some(settings.timeout);
+        pool_config.timeouts.recycle = Some(settings.timeout);
+        config.pool = Some(pool_config);
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))?;
+        Ok(Self {
+            pool,
+            keys: Keys::new(settings.namespace.clone()),
+            timeout: settings.timeout,
+        })
+    }
+
+    /// A pooled connection, bounded by the configured timeout.
+    pub async fn conn(&self) -> RepoResult<Connection> {
+        crate::error::with_timeout("redis connection", self.timeout, self.pool.get()).await
+    }
+
+    /// The per-call time limit callers should apply to commands.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
+    pub async fn ping(&self) -> RepoResult<()> {
+        let mut conn = self.conn().await?;
+        let fut = async move {
+            let pong: String = deadpool_redis::redis::cmd("PING")
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, RepoError>(pong)
+        };
+        crate::error::with_timeout("redis ping", self.timeout, fut).await?;
+        Ok(())
+    }
+
+    /// Plain string SET with an optional expiry in seconds.
+    pub async fn set(&self, key: &str, value: &str, ttl_s: Option<u64>) -> RepoResult<()> {
+        let mut conn = self.conn().await?;
+        let fut = async move {
+            match ttl_s {
+                Some(ttl) => conn.set_ex::<_, _, ()>(key, value, ttl).await,
+                None => conn.set::<_, _, ()>(key, value).await,
+            }
+        };
+        crate::error::with_timeout("redis set", self.timeout, fut).await
+    }
+
+    pub async fn get(&self, key: &str) -> RepoResult<Option<String>> {
+        let mut conn = self.conn().await?;
+        let fut = async move { conn.get::<_, Option<String>>(key).await };
+        crate::error::with_timeout("redis get", self.timeout, fut).await
+    }
+}

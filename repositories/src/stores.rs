@@ -1,0 +1,89 @@
+//! All five stores opened together, migrated together and checked together.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::clickhouse::Analytics;
+use crate::redis::RedisStore;
+use crate::s3::ObjectStore;
+use crate::settings::StackArgs;
+use crate::{clickhouse, kafka, postgres, RepoResult};
+
+/// Handles to every store; cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    pub settings: StackArgs,
+    pub pg: PgPool,
+    pub redis: RedisStore,
+    pub analytics: Analytics,
+    pub objects: ObjectStore,
+    kafka_metadata: Arc<rdkafka::consumer::BaseConsumer>,
+}
+
+/// One dependency's answer to a readiness probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct DependencyStatus {
+    pub name: &'static str,
+    pub ok: bool,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Stores {
+    /// Build clients without connecting: connections are made on first use,
+    /// so a store that is down at startup is reported, not fatal.
+    pub fn open(settings: &StackArgs) -> RepoResult<Self> {
+        Ok(Self {
+            settings: settings.clone(),
+            pg: postgres::connect_lazy(&settings.postgres())?,
+            redis: RedisStore::new(&settings.redis())?,
+            analytics: Analytics::new(&settings.clickhouse()),
+            objects: ObjectStore::new(&settings.s3()),
+            kafka_metadata: Arc::new(kafka::metadata_client(&settings.kafka())?),
+        })
+    }
+
+    /// Bring every schema up to date: PostgreSQL tables, ClickHouse tables and
+    /// views, Kafka topics, the S3 bucket. Idempotent.
+    pub async fn migrate(&self) -> RepoResult<()> {
+        postgres::migrate(&self.pg).await?;
+        clickhouse::migrate(&self.settings.clickhouse()).await?;
+        kafka::ensure_topics(&self.settings.kafka()).await?;
+        self.objects.ensure_bucket().await?;
+        Ok(())
+    }
+
+    /// Probe all five stores concurrently, each bounded by `timeout`.
+    pub async fn check(&self, timeout: Duration) -> Vec<DependencyStatus> {
+        async fn probe<F: std::future::Future<Output = RepoResult<()>>>(
+            name: &'static str,
+            timeout: Duration,
+            fut: F,
+        ) -> DependencyStatus {
+            let started = Instant::now();
+            let result = crate::error::with_timeout(name, timeout, fut).await;
+            DependencyStatus {
+                name,
+                ok: result.is_ok(),
+                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                error: result.err().map(|e| e.to_string()),
+            }
+        }
+        let (pg, redis, kafka, ch, s3) = tokio::join!(
+            probe("postgres", timeout, postgres::ping(&self.pg)),
+            probe("redis", timeout, self.redis.ping()),
+            probe(
+                "kafka",
+                timeout,
+                kafka::ping_with(self.kafka_metadata.clone(), timeout)
+            ),
+            probe("clickhouse", timeout, self.analytics.ping()),
+            probe("s3", timeout, self.objects.ping()),
+        );
+        vec![pg, redis, kafka, ch, s3]
+    }
+}

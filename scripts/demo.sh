@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The README's first command: the whole of Marquee, live, with demo data.
+#
+#  1. brings the local stack up (installing what is missing) and builds the binaries;
+#  2. migrates, seeds the medium synthetic catalog (2k movies, 20k users, ~1M
+#     interactions) and trains popularity, item-kNN and ALS into S3;
+#  3. starts the worker and the api, creates the experiment `home` with three
+#     arms (one per algorithm) under Thompson sampling, and starts it;
+#  4. runs a traffic simulator for DEMO_SECONDS (60) in which synthetic users
+#     click according to hidden tastes, half through POST /v1/events and half
+#     straight to Kafka;
+#  5. prints where to look, the admin key, and a summary: impressions, CTR per
+#     arm, weights at start and end. Ctrl-C stops what it started.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SECONDS_OF_TRAFFIC="${DEMO_SECONDS:-60}"
+SIZE="${DEMO_SIZE:-medium}"
+SEED="${DEMO_SEED:-42}"
+PORT="${MARQUEE_API_PORT:-8080}"
+LOGS="$ROOT/.stack/logs"
+BIN="$ROOT/target/release"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+pids=()
+cleanup() {
+  if [ "${#pids[@]}" -gt 0 ]; then
+    say "stopping api and worker"
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "stack"
+scripts/stack.sh up
+set -a
+# shellcheck disable=SC1090
+source <(scripts/stack.sh env)
+set +a
+mkdir -p "$LOGS"
+
+say "building api and worker (release)"
+cargo build --release --locked -p marquee-api -p marquee-worker
+
+ADMIN_KEY_FILE="$ROOT/.stack/demo-admin-key"
+[ -s "$ADMIN_KEY_FILE" ] || od -An -tx1 -N16 /dev/urandom | tr -d ' \n' | sed 's/^/mq_admin_/' >"$ADMIN_KEY_FILE"
+export MARQUEE_BOOTSTRAP_ADMIN_KEY
+MARQUEE_BOOTSTRAP_ADMIN_KEY="$(cat "$ADMIN_KEY_FILE")"
+export MARQUEE_API_PORT="$PORT"
+export MARQUEE_WORKER_METRICS_PORT="${MARQUEE_WORKER_METRICS_PORT:-9091}"
+API="http://127.0.0.1:$PORT"
+
+# Steps whose subcommand or route this build lacks are skipped with a message,
+# so the stack, api and worker always come up.
+has() { "$1" "$2" --help >/dev/null 2>&1; }
+skipped=()
+
+say "migrating"
+"$BIN/api" migrate
+if has "$BIN/worker" seed && has "$BIN/worker" train; then
+  say "seeding the $SIZE catalog (seed $SEED), training popularity, item-kNN and ALS"
+  "$BIN/worker" seed --size "$SIZE" --seed "$SEED"
+  for algorithm in popularity item_knn als; do
+    "$BIN/worker" train --algorithm "$algorithm"
+  done
+else
+  skipped+=("seeding and training: this build has no 'worker seed' / 'worker train' yet")
+fi
+
+say "starting worker and api (logs in .stack/logs)"
+"$BIN/worker" run >"$LOGS/worker.log" 2>&1 &
+pids+=($!)
+"$BIN/api" serve >"$LOGS/api.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 150); do
+  curl -fsS "$API/health/ready" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "$API/health/ready" >/dev/null || { tail -20 "$LOGS/api.log"; echo "api did not become ready" >&2; exit 1; }
+
+admin() { curl -fsS -H "x-api-key: $MARQUEE_BOOTSTRAP_ADMIN_KEY" -H 'content-type: application/json' "$@"; }
+
+experiments_route="$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $MARQUEE_BOOTSTRAP_ADMIN_KEY" "$API/v1/experiments")"
+if [ "$experiments_route" = 404 ] || [ "$experiments_route" = 405 ] || ! has "$BIN/api" keys; then
+  skipped+=("experiment and traffic: this build has no experiments admin API or 'api keys' yet")
+else
+say "experiment home: popularity (control) vs item-kNN vs ALS, Thompson sampling"
+if ! admin "$API/v1/experiments/home" >/dev/null 2>&1; then
+  admin -X POST "$API/v1/experiments" -d '{
+    "key": "home", "description": "Home page row: which algorithm earns the most clicks?",
+    "policy": "thompson", "metric": "ctr", "min_weight": 0.05, "reweight_interval_s": 10,
+    "arms": [
+      {"key": "popularity", "algorithm": "popularity", "weight": 0.34, "is_control": true},
+      {"key": "item_knn", "algorithm": "item_knn", "weight": 0.33, "is_control": false},
+      {"key": "als", "algorithm": "als", "weight": 0.33, "is_control": false}
+    ]}' >/dev/null
+  admin -X POST "$API/v1/experiments/home/start" >/dev/null
+fi
+CLIENT_KEY="$("$BIN/api" keys create --role client --name demo-simulator | tail -1)"
+weights_start="$(admin "$API/v1/experiments/home" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(" ".join(f"{a[\"key\"]}={a[\"weight\"]:.2f}" for a in e["arms"]))')"
+
+say "simulating ${SECONDS_OF_TRAFFIC}s of traffic"
+"$BIN/worker" simulate --client-key "$CLIENT_KEY" --api-url "$API" --experiment home \
+  --seconds "$SECONDS_OF_TRAFFIC" --size "$SIZE" --seed "$SEED"
+sleep 3 # let the worker ingest the last batches
+
+weights_end="$(admin "$API/v1/experiments/home" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(" ".join(f"{a[\"key\"]}={a[\"weight\"]:.2f}" for a in e["arms"]))')"
+say "summary (measured by the worker in ClickHouse)"
+admin "$API/v1/experiments/home/results" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["report"]
+print(f"{\"arm\":<12}{\"algorithm\":<12}{\"users\":>8}{\"impressions\":>13}{\"clicks\":>9}{\"CTR\":>9}   95% CI")
+for a in r["arms"]:
+    c = a["ctr"]
+    ci = f"{100*c[\"ci_low\"]:.2f}% - {100*c[\"ci_high\"]:.2f}%" if c["ci_low"] is not None else "-"
+    ctr = f"{100*c[\"mean\"]:.2f}%" if c["mean"] is not None else "-"
+    print(f"{a[\"arm\"]:<12}{a[\"algorithm\"]:<12}{a[\"users\"]:>8}{a[\"impressions\"]:>13}{a[\"clicks\"]:>9}{ctr:>9}   {ci}")
+'
+echo "weights at start: $weights_start"
+echo "weights at end:   $weights_end"
+fi
+for step in "${skipped[@]}"; do echo "skipped: $step"; done
+
+say "where to look"
+cat <<EOF
+dashboard   $API/dashboard#key=$MARQUEE_BOOTSTRAP_ADMIN_KEY
+API docs    $API/docs
+results     curl -H 'x-api-key: $MARQUEE_BOOTSTRAP_ADMIN_KEY' $API/v1/experiments/home/results
+admin key   $MARQUEE_BOOTSTRAP_ADMIN_KEY
+client key  ${CLIENT_KEY:-(none created)}
+metrics     $API/metrics  and  http://127.0.0.1:$MARQUEE_WORKER_METRICS_PORT/metrics
+logs        $LOGS/api.log  $LOGS/worker.log
+EOF
+if [ -t 0 ]; then
+  say "api and worker keep running; Ctrl-C stops them"
+  wait
+fi

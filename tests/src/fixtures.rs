@@ -1,0 +1,84 @@
+//! Known traffic for results tests: experiments and events with counts a test can compute by hand.
+
+use chrono::Utc;
+use repositories::clickhouse::EventRow;
+use uuid::Uuid;
+
+use crate::TestStack;
+
+/// One event row of experiment `experiment`, timestamped now.
+pub fn event_row(experiment: &str, kind: &str, user: &str, arm: &str, position: i16) -> EventRow {
+    let ts = Utc::now().timestamp() as u32;
+    EventRow {
+        event_id: Uuid::new_v4(),
+        ts,
+        kind: kind.to_owned(),
+        user_id: user.to_owned(),
+        movie_id: if kind == "impression" { 0 } else { 11 },
+        experiment_key: experiment.to_owned(),
+        arm_key: arm.to_owned(),
+        algorithm_key: if arm == "control" {
+            "popularity"
+        } else {
+            "als"
+        }
+        .to_owned(),
+        model_version: String::new(),
+        request_id: String::new(),
+        position,
+        value: if kind == "view" { 30.0 } else { 0.0 },
+        item_count: 10,
+        batch_id: Uuid::nil(),
+        ingested_at: ts,
+    }
+}
+
+/// A running fixed 50/50 experiment with arms `control` (popularity) and `treatment` (als).
+pub async fn create_two_arm_experiment(stack: &TestStack, key: &str) {
+    sqlx::query(
+        "INSERT INTO experiments (key, status, salt, policy, metric, started_at) VALUES ($1, 'running', $1, 'fixed', 'ctr', now())",
+    )
+    .bind(key)
+    .execute(&stack.stores.pg)
+    .await
+    .expect("insert experiment");
+    sqlx::query(
+        "INSERT INTO arms (experiment_key, arm_key, algorithm_key, weight, is_control, position) VALUES \
+         ($1, 'control', 'popularity', 0.5, true, 0), ($1, 'treatment', 'als', 0.5, false, 1)",
+    )
+    .bind(key)
+    .execute(&stack.stores.pg)
+    .await
+    .expect("insert arms");
+}
+
+/// Control: `control_users` × 5 impressions, the first 20% click once at position 0.
+/// Treatment: `treatment_users` × 5 impressions, the first 30% click twice (positions 0 and 2),
+/// the first 10 convert, and every treatment user views once (value 30).
+pub fn simulated_rows(
+    experiment: &str,
+    control_users: usize,
+    treatment_users: usize,
+) -> Vec<EventRow> {
+    let mut rows = Vec::new();
+    for u in 0..control_users {
+        let user = format!("c{u}");
+        rows.extend((0..5).map(|_| event_row(experiment, "impression", &user, "control", -1)));
+        if u < control_users / 5 {
+            rows.push(event_row(experiment, "click", &user, "control", 0));
+        }
+    }
+    for u in 0..treatment_users {
+        let user = format!("t{u}");
+        rows.extend((0..5).map(|_| event_row(experiment, "impression", &user, "treatment", -1)));
+        if u < treatment_users * 3 / 10 {
+            rows.push(event_row(experiment, "click", &user, "treatment", 0));
+            rows.push(event_row(experiment, "click", &user, "treatment", 2));
+        }
+        if u < 10 {
+            rows.push(event_row(experiment, "conversion", &user, "treatment", -1));
+        }
+        rows.push(event_row(experiment, "view", &user, "treatment", -1));
+    }
+    rows
+}

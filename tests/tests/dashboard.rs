@@ -1,0 +1,153 @@
+//! The dashboard in a real browser: headless Chromium loads /dashboard with a
+//! key, the arms table and the three charts render, and a failing sample-ratio
+//! check shows its warning. Screenshots go to tests/artifacts/.
+
+use std::path::PathBuf;
+
+use marquee_tests::fixtures::{create_two_arm_experiment, simulated_rows};
+use marquee_tests::{spawn_api, TestApi, TestStack};
+
+fn chromium() -> &'static str {
+    for candidate in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate;
+        }
+    }
+    panic!("Chromium is required for the dashboard test: apt-get install chromium (scripts/test.sh installs it)");
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run headless Chromium on `path`, giving the page's scripts time to fetch and render.
+/// Async, so the in-process api keeps serving while the browser waits on it.
+async fn browse(api: &TestApi, path: &str, extra: &[String]) -> String {
+    let profile = tempdir();
+    let url = format!("{}#key={}", api.url(path), api.admin_key);
+    let output = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+            "--virtual-time-budget=20000",
+            "--window-size=1280,1700",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(&url)
+        .output()
+        .await
+        .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "marquee-chromium-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[tokio::test]
+async fn dashboard_renders_the_arms_table_and_charts_and_warns_on_srm() {
+    let stack = TestStack::fresh().await;
+    create_two_arm_experiment(&stack, "home").await;
+    create_two_arm_experiment(&stack, "skewed").await;
+    let mut rows = simulated_rows("home", 200, 220);
+    rows.extend(simulated_rows("skewed", 200, 400));
+    stack.stores.analytics.insert_events(&rows).await.unwrap();
+    let api = spawn_api(&stack, |_| {}).await;
+
+    let page = api.client.get(api.url("/dashboard")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+
+    let dom = browse(
+        &api,
+        "/dashboard?experiment=home",
+        &["--dump-dom".to_owned()],
+    )
+    .await;
+    assert!(
+        dom.contains(r#"data-ready="detail""#),
+        "the page did not finish rendering:\n{dom}"
+    );
+    assert_eq!(
+        count(&dom, r#"data-arm=""#),
+        2,
+        "two rows in the arms table"
+    );
+    assert!(
+        count(&dom, "data-chart=") >= 3,
+        "lift, CTR and weights charts:\n{dom}"
+    );
+    assert!(dom.contains("Experiment home"));
+    assert!(
+        dom.contains(r#"<div id="srm-warning" class="warning" hidden="">"#),
+        "no SRM warning for a 200/220 split"
+    );
+
+    let skewed = browse(
+        &api,
+        "/dashboard?experiment=skewed",
+        &["--dump-dom".to_owned()],
+    )
+    .await;
+    assert!(
+        skewed.contains("Sample-ratio mismatch"),
+        "a 200/400 split at 50/50 must warn:\n{skewed}"
+    );
+    assert!(!skewed.contains(r#"<div id="srm-warning" class="warning" hidden="">"#));
+
+    // Screenshots as artifacts of the run.
+    let shot = artifacts().join("dashboard.png");
+    browse(
+        &api,
+        "/dashboard?experiment=home",
+        &[format!("--screenshot={}", shot.display())],
+    )
+    .await;
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false),
+        "screenshot written"
+    );
+    let srm_shot = artifacts().join("dashboard-srm.png");
+    browse(
+        &api,
+        "/dashboard?experiment=skewed",
+        &[format!("--screenshot={}", srm_shot.display())],
+    )
+    .await;
+
+    // The list view with a headline per experiment.
+    let list = browse(&api, "/dashboard", &["--dump-dom".to_owned()]).await;
+    assert!(
+        list.contains(r#"data-experiment="home""#) && list.contains(r#"data-experiment="skewed""#),
+        "{list}"
+    );
+}

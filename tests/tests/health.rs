@@ -1,0 +1,167 @@
+//! `/health/live` and `/health/ready` tell the truth about the five dependencies.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use marquee_tests::{eventually, spawn_api, TestStack};
+use serde_json::Value;
+
+/// A private redis-server this test may stop and restart without disturbing
+/// the shared stack that other tests use.
+struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16, dir: std::path::PathBuf) -> Self {
+        let mut redis = Self {
+            port,
+            dir,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn ready(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn live_is_always_ok() {
+    let stack = TestStack::fresh().await;
+    let api = spawn_api(&stack, |_| {}).await;
+    let response = api
+        .client
+        .get(api.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn ready_names_redis_while_it_is_down_and_recovers_without_a_restart() {
+    let stack = TestStack::fresh().await;
+    let port = free_port();
+    let mut redis = PrivateRedis::start(
+        port,
+        std::env::temp_dir().join(format!("marquee-redis-{}", stack.id)),
+    );
+    let api = spawn_api(&stack, |config| {
+        config.stack.redis_url = format!("redis://127.0.0.1:{port}");
+    })
+    .await;
+    let url = api.url("/health/ready");
+
+    let came_up = eventually(Duration::from_secs(10), || async {
+        ready(&api.client, &url).await.0 == 200
+    })
+    .await;
+    let (status, body) = ready(&api.client, &url).await;
+    assert!(came_up, "ready with all five up: {status} {body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["dependencies"].as_array().unwrap().len(), 5);
+
+    redis.stop();
+    let (status, body) = ready(&api.client, &url).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["failing"], serde_json::json!(["redis"]));
+    let redis_report = body["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "redis")
+        .unwrap();
+    assert_eq!(redis_report["status"], "down");
+
+    redis.restart();
+    let recovered = eventually(Duration::from_secs(15), || async {
+        ready(&api.client, &url).await.0 == 200
+    })
+    .await;
+    assert!(
+        recovered,
+        "ready again after redis is back: {:?}",
+        ready(&api.client, &url).await
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_openapi_are_served() {
+    let stack = TestStack::fresh().await;
+    let api = spawn_api(&stack, |_| {}).await;
+    api.client
+        .get(api.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("marquee_http_requests_total"), "{metrics}");
+    let spec: Value = api
+        .client
+        .get(api.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(spec["paths"]["/health/ready"].is_object());
+    let docs = api.client.get(api.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status().as_u16(), 200);
+}

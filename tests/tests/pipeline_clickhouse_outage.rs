@@ -1,0 +1,112 @@
+//! ClickHouse unreachable for 20 s during a stream (the worker reaches it
+//! through a TCP proxy the test stops): the worker backs off with its
+//! partitions paused, commits nothing that is not written, and finishes with
+//! every event exactly once when ClickHouse is back.
+
+use std::time::{Duration, Instant};
+
+use marquee_tests::worker_harness::{
+    clickhouse_counts, clickhouse_raw_rows, group_committed, group_lag, mixed_events,
+    produce_events, producer, spawn_worker, wait_for_events, TcpProxy,
+};
+use marquee_tests::TestStack;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_outage_pauses_and_commits_nothing_unwritten() {
+    let stack = TestStack::fresh().await;
+    let target = stack
+        .settings
+        .clickhouse_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("clickhouse url is http://ip:port");
+    let proxy = TcpProxy::start(target).await;
+    let group = format!("outage-{}", stack.id);
+    let worker = spawn_worker(&stack, |c| {
+        c.group_id = group.clone();
+        c.stack.clickhouse_url = proxy.url();
+        c.stack.store_timeout_ms = 2_000;
+        c.batch_size = 2_000;
+    })
+    .await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+    let events = mixed_events(30_000, 5_000, 0);
+    let produced = events.len() as u64;
+
+    produce_events(&producer, &topic, &events[..10_000]).await;
+    assert_eq!(
+        wait_for_events(&stack, 10_000, Duration::from_secs(60))
+            .await
+            .1,
+        10_000
+    );
+
+    proxy.stop();
+    let outage = Instant::now();
+    let stream = {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        let rest = events[10_000..].to_vec();
+        tokio::spawn(async move {
+            for chunk in rest.chunks(1_000) {
+                produce_events(&producer, &topic, chunk).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    // While it is down: whatever is committed is in ClickHouse (checked
+    // through the real address). Committed offsets are read first, so the
+    // count can only have grown since.
+    let mut checks = 0;
+    while outage.elapsed() < Duration::from_secs(20) {
+        let committed = group_committed(&stack, &group);
+        let (_, unique) = clickhouse_counts(&stack).await;
+        assert!(
+            committed <= unique as i64,
+            "committed past unwritten events: committed {committed}, in ClickHouse {unique}"
+        );
+        assert_eq!(
+            unique, 10_000,
+            "nothing reaches ClickHouse while it is down"
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(checks > 10);
+    proxy.resume();
+    stream.await.unwrap();
+
+    let (rows, unique) = wait_for_events(&stack, produced, Duration::from_secs(120)).await;
+    assert_eq!((rows, unique), (produced, produced));
+    assert_eq!(
+        clickhouse_raw_rows(&stack).await,
+        produced,
+        "no row written twice"
+    );
+    let mut lag = i64::MAX;
+    for _ in 0..100 {
+        lag = group_lag(&stack, &group);
+        if lag == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lag, 0);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("marquee_worker_store_retries_total{store=\"clickhouse\"}"))
+        .filter_map(|l| l.rsplit(" ").next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        retries >= 3.0,
+        "backed off and retried: {retries}\n{metrics}"
+    );
+    worker.stop().await;
+}

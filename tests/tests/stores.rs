@@ -1,0 +1,225 @@
+//! Round trips through each adapter against the real servers of the local stack.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use marquee_tests::TestStack;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use repositories::clickhouse::EventRow;
+use repositories::kafka;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn postgres_insert_then_select() {
+    let stack = TestStack::fresh().await;
+    sqlx::query("INSERT INTO movies (id, title, year, genres) VALUES ($1, $2, $3, $4)")
+        .bind(42_i64)
+        .bind("The Answer")
+        .bind(1979)
+        .bind(vec!["Sci-Fi".to_owned()])
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+    let (title, genres): (String, Vec<String>) =
+        sqlx::query_as("SELECT title, genres FROM movies WHERE id = 42")
+            .fetch_one(&stack.stores.pg)
+            .await
+            .unwrap();
+    assert_eq!(title, "The Answer");
+    assert_eq!(genres, vec!["Sci-Fi"]);
+}
+
+#[tokio::test]
+async fn redis_set_then_get() {
+    let stack = TestStack::fresh().await;
+    let redis = &stack.stores.redis;
+    let key = redis.keys.weights("exp");
+    redis.set(&key, r#"{"a":0.5}"#, Some(60)).await.unwrap();
+    assert_eq!(
+        redis.get(&key).await.unwrap().as_deref(),
+        Some(r#"{"a":0.5}"#)
+    );
+    assert_eq!(redis.get(&redis.keys.weights("other")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn kafka_produce_then_consume_in_a_group_with_manual_commit() {
+    let stack = TestStack::fresh().await;
+    let settings = stack.settings.kafka();
+    let producer = kafka::producer(&settings, 0).unwrap();
+    for i in 0..10 {
+        let payload = format!("message-{i}");
+        producer
+            .send(
+                FutureRecord::to(&settings.events_topic)
+                    .key("user-1")
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let group = format!("group-{}", stack.id);
+    let read = |n: usize| {
+        let settings = settings.clone();
+        let group = group.clone();
+        async move {
+            let consumer = kafka::consumer(&settings, &group).unwrap();
+            consumer.subscribe(&[&settings.events_topic]).unwrap();
+            let mut seen = Vec::new();
+            while seen.len() < n {
+                let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                    .await
+                    .expect("a message within 30 s")
+                    .unwrap();
+                seen.push(String::from_utf8(message.payload().unwrap().to_vec()).unwrap());
+                consumer.store_offset_from_message(&message).unwrap();
+            }
+            consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+            seen
+        }
+    };
+    let first = read(4).await;
+    assert_eq!(
+        first,
+        (0..4).map(|i| format!("message-{i}")).collect::<Vec<_>>()
+    );
+    // A new member of the same group resumes after the committed offset.
+    let rest = read(6).await;
+    assert_eq!(
+        rest,
+        (4..10).map(|i| format!("message-{i}")).collect::<Vec<_>>()
+    );
+}
+
+fn event(kind: &str, user: &str, arm: &str, ts: u32) -> EventRow {
+    EventRow {
+        event_id: Uuid::new_v4(),
+        ts,
+        kind: kind.to_owned(),
+        user_id: user.to_owned(),
+        movie_id: 7,
+        experiment_key: "home".to_owned(),
+        arm_key: arm.to_owned(),
+        algorithm_key: "als".to_owned(),
+        model_version: String::new(),
+        request_id: String::new(),
+        position: if kind == "click" { 1 } else { -1 },
+        value: 0.0,
+        item_count: 0,
+        batch_id: Uuid::nil(),
+        ingested_at: ts,
+    }
+}
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct ArmTotals {
+    arm_key: String,
+    impressions: u64,
+    clicks: u64,
+    users: u64,
+    clicking_users: u64,
+}
+
+#[tokio::test]
+async fn clickhouse_batch_insert_then_aggregate_through_the_materialized_view() {
+    let stack = TestStack::fresh().await;
+    let ts = Utc::now().timestamp() as u32;
+    let mut rows = Vec::new();
+    for u in 0..100 {
+        let arm = if u % 2 == 0 { "a" } else { "b" };
+        let user = format!("u{u}");
+        rows.push(event("impression", &user, arm, ts));
+        rows.push(event("impression", &user, arm, ts));
+        if u % 4 == 0 {
+            rows.push(event("click", &user, arm, ts));
+        }
+    }
+    stack.stores.analytics.insert_events(&rows).await.unwrap();
+    let totals: Vec<ArmTotals> = stack
+        .stores
+        .analytics
+        .client()
+        .query(
+            "SELECT arm_key, sumMerge(impressions) AS impressions, sumMerge(clicks) AS clicks, \
+             uniqExactMerge(users) AS users, uniqExactIfMerge(clicking_users) AS clicking_users \
+             FROM arm_daily WHERE experiment_key = 'home' GROUP BY arm_key ORDER BY arm_key",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(totals.len(), 2);
+    let a = &totals[0];
+    assert_eq!(a.arm_key, "a");
+    assert_eq!(
+        (a.impressions, a.clicks, a.users, a.clicking_users),
+        (100, 25, 50, 25)
+    );
+    let b = &totals[1];
+    assert_eq!(b.arm_key, "b");
+    assert_eq!(
+        (b.impressions, b.clicks, b.users, b.clicking_users),
+        (100, 0, 50, 0)
+    );
+    let raw: u64 = stack
+        .stores
+        .analytics
+        .client()
+        .query("SELECT count() FROM events FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(raw, 225);
+}
+
+#[tokio::test]
+async fn s3_put_get_list_delete() {
+    let stack = TestStack::fresh().await;
+    let objects = &stack.stores.objects;
+    let binary = "application/octet-stream";
+    objects
+        .put("models/als/v1/model.bin", vec![1, 2, 3], binary)
+        .await
+        .unwrap();
+    objects
+        .put(
+            "models/als/v1/manifest.json",
+            b"{}".to_vec(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    objects
+        .put("models/knn/v1/model.bin", vec![9], binary)
+        .await
+        .unwrap();
+    assert_eq!(
+        objects.get("models/als/v1/model.bin").await.unwrap(),
+        vec![1, 2, 3]
+    );
+    let mut keys = objects.list("models/als/").await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["models/als/v1/manifest.json", "models/als/v1/model.bin"]
+    );
+    objects.delete("models/als/v1/model.bin").await.unwrap();
+    assert!(matches!(
+        objects.get("models/als/v1/model.bin").await,
+        Err(repositories::RepoError::NotFound(_))
+    ));
+    assert_eq!(
+        objects.list("models/als/").await.unwrap(),
+        vec!["models/als/v1/manifest.json"]
+    );
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let stack = TestStack::fresh().await;
+    stack.stores.migrate().await.unwrap();
+    stack.stores.migrate().await.unwrap();
+}

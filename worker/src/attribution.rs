@@ -1,0 +1,210 @@
+//! Which served list an event belongs to: an in-process cache of recent served
+//! lists in front of the shared store (Redis), which outlives this process and
+//! is shared by every worker of the group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use domain::events::EventKind;
+use domain::ids::RequestId;
+use domain::ports::pipeline::{
+    AssignmentLookup, AttributionStore, ServedList, StoreError, StoredEvent,
+};
+
+/// A bounded map with two generations: lookups hit either, inserts go to the
+/// current one, and when it is full the older generation is dropped whole.
+/// An approximate LRU at O(1) per operation, with no per-entry bookkeeping.
+pub struct RecentLists {
+    capacity: usize,
+    current: HashMap<RequestId, Arc<ServedList>>,
+    previous: HashMap<RequestId, Arc<ServedList>>,
+}
+
+impl RecentLists {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(2),
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, id: &RequestId) -> Option<Arc<ServedList>> {
+        if let Some(list) = self.current.get(id) {
+            return Some(list.clone());
+        }
+        let list = self.previous.remove(id)?;
+        self.insert(*id, list.clone());
+        Some(list)
+    }
+
+    pub fn insert(&mut self, id: RequestId, list: Arc<ServedList>) {
+        if self.current.len() >= self.capacity / 2 {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(id, list);
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counts of one attribution pass, recorded as metrics once the batch is durable.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AttributionCounts {
+    pub attributed: u64,
+    pub unattributed: u64,
+    pub sticky: u64,
+}
+
+/// Attribution for the pipeline: remembers impressions, attributes the rest.
+pub struct Attributor {
+    recent: RecentLists,
+    store: Arc<dyn AttributionStore>,
+    assignments: Arc<dyn AssignmentLookup>,
+    ttl_s: u64,
+}
+
+impl Attributor {
+    pub fn new(
+        capacity: usize,
+        store: Arc<dyn AttributionStore>,
+        assignments: Arc<dyn AssignmentLookup>,
+        ttl_s: u64,
+    ) -> Self {
+        Self {
+            recent: RecentLists::new(capacity),
+            store,
+            assignments,
+            ttl_s,
+        }
+    }
+
+    /// Remember the served list of every impression in `events` (duplicates
+    /// included: a replayed impression must still be attributable, and the
+    /// write is idempotent).
+    pub async fn remember(&mut self, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let mut lists = Vec::new();
+        for e in events {
+            if let (Some(imp), Some(request_id)) = (&e.event.impression, e.event.request_id) {
+                let list = ServedList::from(imp);
+                self.recent.insert(request_id, Arc::new(list.clone()));
+                lists.push((request_id, list));
+            }
+        }
+        if lists.is_empty() {
+            return Ok(());
+        }
+        self.store.put(&lists, self.ttl_s).await
+    }
+
+    /// Fill in the attributions of the non-impression events: from the served
+    /// list of their request id, or for a conversion without one, from the
+    /// user's sticky arms. Events whose request id is unknown or expired stay
+    /// unattributed (and are counted), never dropped.
+    pub async fn attribute(
+        &mut self,
+        events: &mut [StoredEvent],
+    ) -> Result<AttributionCounts, StoreError> {
+        let mut counts = AttributionCounts::default();
+        let mut missing: Vec<RequestId> = Vec::new();
+        for e in events.iter() {
+            if e.event.kind == EventKind::Impression {
+                continue;
+            }
+            if let Some(id) = e.event.request_id {
+                if self.recent.get(&id).is_none() && !missing.contains(&id) {
+                    missing.push(id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let found = self.store.get_many(&missing).await?;
+            for (id, list) in missing.iter().zip(found) {
+                if let Some(list) = list {
+                    self.recent.insert(*id, Arc::new(list));
+                }
+            }
+        }
+        let mut sticky_users = Vec::new();
+        for e in events.iter_mut() {
+            if e.event.kind == EventKind::Impression {
+                continue;
+            }
+            e.attributions.clear();
+            match e.event.request_id {
+                Some(id) => match self.recent.get(&id) {
+                    Some(list) => {
+                        e.attributions.push(list.attribute(e.event.movie_id));
+                        e.model_version = list.model_version.clone();
+                        counts.attributed += 1;
+                    }
+                    None => counts.unattributed += 1,
+                },
+                None if e.event.kind == EventKind::Conversion => {
+                    sticky_users.push(e.event.user_id.clone());
+                }
+                None => {}
+            }
+        }
+        if !sticky_users.is_empty() {
+            sticky_users.sort();
+            sticky_users.dedup();
+            let arms = self.assignments.sticky_arms(&sticky_users).await?;
+            for e in events
+                .iter_mut()
+                .filter(|e| e.event.kind == EventKind::Conversion && e.event.request_id.is_none())
+            {
+                for arm in arms.iter().filter(|a| a.user_id == e.event.user_id) {
+                    e.attributions.push(arm.attribution.clone());
+                }
+                if !e.attributions.is_empty() {
+                    counts.sticky += 1;
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    pub fn cached(&self) -> usize {
+        self.recent.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
+
+    fn list(arm: &str) -> Arc<ServedList> {
+        Arc::new(ServedList {
+            experiment: ExperimentKey::parse("home").unwrap(),
+            arm: ArmKey::parse(arm).unwrap(),
+            algorithm: AlgorithmKey::parse("als").unwrap(),
+            model_version: None,
+            items: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn recent_lists_keep_at_most_capacity_and_promote_on_hit() {
+        let mut cache = RecentLists::new(4);
+        let ids: Vec<RequestId> = (0..10).map(|_| RequestId::new_random()).collect();
+        cache.insert(ids[0], list("a"));
+        cache.insert(ids[1], list("b"));
+        // Generation turns over: 0 and 1 move to the previous generation.
+        cache.insert(ids[2], list("c"));
+        assert_eq!(cache.get(&ids[0]).unwrap().arm.as_str(), "a");
+        for id in &ids[3..] {
+            cache.insert(*id, list("x"));
+            assert!(cache.len() <= 4);
+        }
+        assert!(cache.get(&ids[1]).is_none());
+        assert!(cache.get(&ids[9]).is_some());
+    }
+}

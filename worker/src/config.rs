@@ -1,0 +1,101 @@
+//! The worker's one configuration struct, read from `MARQUEE_*` env vars (or flags).
+
+use std::time::Duration;
+
+use repositories::settings::StackArgs;
+
+/// Everything the worker needs; every field has a default that points at the
+/// local stack, so `worker` alone runs against `scripts/stack.sh up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerConfig {
+    /// Consumer group of the event pipeline; every worker of a deployment shares it.
+    #[arg(long, env = "MARQUEE_WORKER_GROUP", default_value = "marquee-worker")]
+    pub group_id: String,
+    /// Most messages in one batch (one ClickHouse insert, one ledger transaction).
+    #[arg(long, env = "MARQUEE_WORKER_BATCH_SIZE", default_value_t = 10_000)]
+    pub batch_size: usize,
+    /// Longest a batch waits to fill after its first message, in milliseconds.
+    #[arg(long, env = "MARQUEE_WORKER_BATCH_MAX_WAIT_MS", default_value_t = 250)]
+    pub batch_max_wait_ms: u64,
+    /// Seconds a processed event id stays in the Redis dedup fast path.
+    #[arg(long, env = "MARQUEE_WORKER_DEDUP_TTL_S", default_value_t = 86_400)]
+    pub dedup_ttl_s: u64,
+    /// Seconds a served list stays attributable to later clicks (Redis expiry).
+    #[arg(
+        long,
+        env = "MARQUEE_WORKER_ATTRIBUTION_TTL_S",
+        default_value_t = 604_800
+    )]
+    pub attribution_ttl_s: u64,
+    /// Served lists kept in process memory in front of Redis.
+    #[arg(
+        long,
+        env = "MARQUEE_WORKER_ATTRIBUTION_CACHE",
+        default_value_t = 200_000
+    )]
+    pub attribution_cache: usize,
+    /// How often the reweighting loop looks for experiments due, in milliseconds
+    /// (each experiment is reweighted at most once per its own `reweight_interval_s`).
+    #[arg(long, env = "MARQUEE_WORKER_REWEIGHT_TICK_MS", default_value_t = 5_000)]
+    pub reweight_tick_ms: u64,
+    /// Seconds between refreshes of the hot-movies set in Redis.
+    #[arg(
+        long,
+        env = "MARQUEE_WORKER_HOT_MOVIES_INTERVAL_S",
+        default_value_t = 60
+    )]
+    pub hot_movies_interval_s: u64,
+    /// Window of interactions the hot movies are counted over, in seconds.
+    #[arg(
+        long,
+        env = "MARQUEE_WORKER_HOT_MOVIES_WINDOW_S",
+        default_value_t = 86_400
+    )]
+    pub hot_movies_window_s: u64,
+    /// Size of the hot-movies set.
+    #[arg(long, env = "MARQUEE_WORKER_HOT_MOVIES_LIMIT", default_value_t = 200)]
+    pub hot_movies_limit: u64,
+    /// Seconds between consumer-lag measurements.
+    #[arg(long, env = "MARQUEE_WORKER_LAG_INTERVAL_S", default_value_t = 15)]
+    pub lag_interval_s: u64,
+    /// Seconds a partition may sit with lag and an unmoving committed offset
+    /// while this worker owns nothing, before it rejoins the group to claim it.
+    #[arg(long, env = "MARQUEE_WORKER_ORPHAN_AFTER_S", default_value_t = 30)]
+    pub orphan_after_s: u64,
+    /// First retry delay after a store error, in milliseconds (doubles up to the max).
+    #[arg(long, env = "MARQUEE_WORKER_RETRY_INITIAL_MS", default_value_t = 200)]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, env = "MARQUEE_WORKER_RETRY_MAX_MS", default_value_t = 10_000)]
+    pub retry_max_ms: u64,
+    /// How long startup waits for the five dependencies before giving up, in seconds.
+    #[arg(long, env = "MARQUEE_WORKER_STARTUP_TIMEOUT_S", default_value_t = 30)]
+    pub startup_timeout_s: u64,
+    /// Address of the metrics and liveness endpoint (all interfaces, so a container's port mapping reaches it).
+    #[arg(long, env = "MARQUEE_WORKER_METRICS_HOST", default_value = "0.0.0.0")]
+    pub metrics_host: String,
+    /// Port of `/metrics` and `/health/live`; 0 picks a free one.
+    #[arg(long, env = "MARQUEE_WORKER_METRICS_PORT", default_value_t = 9091)]
+    pub metrics_port: u16,
+    /// Run migrations at startup.
+    #[arg(long, env = "MARQUEE_WORKER_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+impl WorkerConfig {
+    /// Settings from `MARQUEE_*` env vars with defaults for the rest (tests start from here).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: WorkerConfig,
+        }
+        <Only as clap::Parser>::try_parse_from(["worker"]).map(|o| o.config)
+    }
+
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+}

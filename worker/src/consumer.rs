@@ -1,0 +1,536 @@
+//! The event pipeline: Kafka → ClickHouse and PostgreSQL, exactly once in effect.
+//!
+//! Per batch (size or time bound):
+//! 1. parse and validate every message; invalid ones go to the DLQ (awaited);
+//! 2. drop duplicates within the batch, then those the Redis fast path knows;
+//! 3. claim the rest in the PostgreSQL ledger (one transaction, with the
+//!    users/views/likes history) — ids already claimed are duplicates;
+//! 4. attribute and insert the new events into ClickHouse in one insert;
+//! 5. mark the batch written, remember its ids in Redis;
+//! 6. only then commit the batch's offsets.
+//!
+//! A store error anywhere in 2-5 pauses the partitions and retries the whole
+//! step with backoff and jitter under a new batch id; the ledger resolves what
+//! an interrupted attempt left behind. Offsets never move past an event that
+//! is not durable, so a crash at any point means redelivery, which the ledger
+//! turns into duplicates dropped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use domain::events::{Event, EventRules};
+use domain::ids::EventId;
+use domain::ports::pipeline::{
+    BatchId, DedupCache, EventStore, IngestLedger, StoreError, StoredEvent,
+};
+use rand::Rng;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use repositories::kafka::PipelineContext;
+use tokio_util::sync::CancellationToken;
+
+use crate::attribution::{AttributionCounts, Attributor};
+use crate::dlq::{DeadLetter, DeadLetterQueue};
+
+/// The pipeline's Kafka consumer.
+pub type EventConsumer = StreamConsumer<PipelineContext>;
+
+/// One consumed message, detached from the consumer's buffers.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Msg {
+    fn from_kafka<M: Message>(m: &M) -> Self {
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Batching and retry knobs.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub topic: String,
+    pub batch_size: usize,
+    pub batch_max_wait: Duration,
+    pub dedup_ttl_s: u64,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+/// Await `$op` (re-evaluated per attempt) until it succeeds, pausing the
+/// partitions while it fails; `None` if shutdown interrupted the retries.
+/// A macro rather than a function taking a closure, so the future may borrow
+/// the pipeline's state mutably.
+macro_rules! retry {
+    ($intake:expr, $op:expr) => {{
+        let mut failed = 0u32;
+        loop {
+            match $op.await {
+                Ok(value) => {
+                    $intake.succeeded(failed);
+                    break Some(value);
+                }
+                Err(e) => {
+                    failed += 1;
+                    let delay = $intake.failed(&e, failed);
+                    if !$intake.idle(delay).await {
+                        break None;
+                    }
+                }
+            }
+        }
+    }};
+}
+
+/// The Kafka side: batches in, offsets out, pauses while a store is down.
+pub struct Intake {
+    consumer: Arc<EventConsumer>,
+    topic: String,
+    /// Messages that arrived while the current batch was being retried; they
+    /// open the next batch.
+    carry: VecDeque<Msg>,
+    shutdown: CancellationToken,
+    retry_initial: Duration,
+    retry_max: Duration,
+}
+
+impl Intake {
+    /// Up to `size` messages: waits as long as it takes for the first, then at
+    /// most `max_wait` for the rest. Returns early (possibly empty) on shutdown.
+    async fn collect(&mut self, size: usize, max_wait: Duration) -> Vec<Msg> {
+        let take = self.carry.len().min(size);
+        let mut out: Vec<Msg> = self.carry.drain(..take).collect();
+        let idle = Duration::from_secs(3600);
+        let timer = tokio::time::sleep(if out.is_empty() { idle } else { max_wait });
+        tokio::pin!(timer);
+        while out.len() < size {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                received = self.consumer.recv() => match received {
+                    Ok(m) => {
+                        if out.is_empty() {
+                            timer.as_mut().reset(tokio::time::Instant::now() + max_wait);
+                        }
+                        out.push(Msg::from_kafka(&m));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = &mut timer => {
+                    if !out.is_empty() {
+                        break;
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+        }
+        out
+    }
+
+    fn pause(&self) {
+        self.consumer
+            .context()
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.consumer.assignment() {
+            Ok(assigned) => {
+                if let Err(e) = self.consumer.pause(&assigned) {
+                    tracing::warn!(error = %e, "could not pause partitions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the assignment to pause it"),
+        }
+        metrics::gauge!("marquee_worker_paused").set(1.0);
+    }
+
+    fn resume(&self) {
+        self.consumer
+            .context()
+            .paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        match self.consumer.assignment() {
+            Ok(assigned) => {
+                if let Err(e) = self.consumer.resume(&assigned) {
+                    tracing::warn!(error = %e, "could not resume partitions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the assignment to resume it"),
+        }
+        metrics::gauge!("marquee_worker_paused").set(0.0);
+    }
+
+    /// Wait `delay` while still polling the consumer (group membership and
+    /// rebalance callbacks are served by polls); anything that arrives is kept
+    /// for the next batch. False if shutdown was requested meanwhile.
+    async fn idle(&mut self, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(deadline) => return true,
+                received = self.consumer.recv() => match received {
+                    Ok(m) => {
+                        self.carry.push_back(Msg::from_kafka(&m));
+                        // A rebalance may have handed us unpaused partitions.
+                        self.pause();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error while paused");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_initial
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+            .min(self.retry_max);
+        // Full jitter in [exp/2, exp]: workers that failed together retry apart.
+        let millis = exp.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+
+    /// Bookkeeping after a failed attempt: count, pause, log; returns the delay.
+    fn failed(&self, e: &StoreError, attempt: u32) -> Duration {
+        metrics::counter!("marquee_worker_store_retries_total", "store" => e.store).increment(1);
+        if attempt == 1 {
+            self.pause();
+        }
+        let delay = self.backoff(attempt);
+        if e.transient {
+            tracing::warn!(store = e.store, error = %e, attempt, retry_in_ms = delay.as_millis() as u64,
+                "store call failed; partitions paused, retrying");
+        } else {
+            // Never skip an event that is not durable: even an error that looks
+            // permanent is retried (and shouts), since the data itself was valid.
+            tracing::error!(store = e.store, error = %e, attempt, retry_in_ms = delay.as_millis() as u64,
+                "store call failed with a non-transient error; retrying");
+        }
+        delay
+    }
+
+    /// Bookkeeping after a successful attempt.
+    fn succeeded(&self, attempts_failed: u32) {
+        if attempts_failed > 0 {
+            self.resume();
+            tracing::info!(
+                attempts = attempts_failed + 1,
+                "store call succeeded; partitions resumed"
+            );
+        }
+    }
+
+    /// Commit the next offsets after `batch` (every message is durable or
+    /// dead-lettered). The offsets wait in the context until a commit
+    /// succeeds, so a failed one is retried by the next batch or before a revoke.
+    async fn commit(&self, batch: &[Msg]) {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for m in batch {
+            let e = next.entry(m.partition).or_insert(m.offset + 1);
+            *e = (*e).max(m.offset + 1);
+        }
+        let pending = self.consumer.context().pending.clone();
+        let tpl = {
+            let Ok(mut map) = pending.lock() else {
+                tracing::error!("offset map poisoned; not committing");
+                return;
+            };
+            for (partition, offset) in next {
+                let e = map.entry((self.topic.clone(), partition)).or_insert(offset);
+                *e = (*e).max(offset);
+            }
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in map.iter() {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+            tpl
+        };
+        for attempt in 1..=3u64 {
+            let consumer = self.consumer.clone();
+            let to_commit = tpl.clone();
+            let result =
+                tokio::task::spawn_blocking(move || consumer.commit(&to_commit, CommitMode::Sync))
+                    .await;
+            match result {
+                Ok(Ok(())) => {
+                    if let Ok(mut map) = pending.lock() {
+                        for element in tpl.elements() {
+                            let key = (element.topic().to_owned(), element.partition());
+                            if map.get(&key).copied() == element.offset().to_raw() {
+                                map.remove(&key);
+                            }
+                        }
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!("marquee_worker_commit_failures_total").increment(1);
+                    tracing::warn!(error = %e, attempt, "offset commit failed");
+                }
+                Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        }
+        // Durable work is safe either way: uncommitted offsets are redelivered
+        // and deduplicated. Forget partitions we no longer own.
+        if let Ok(assigned) = self.consumer.assignment() {
+            let owned: HashSet<(String, i32)> = assigned
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            if let Ok(mut map) = pending.lock() {
+                map.retain(|k, _| owned.contains(k));
+            }
+        }
+    }
+}
+
+/// The stores side of a batch.
+pub struct Sinks {
+    pub ledger: Box<dyn IngestLedger>,
+    pub events: Arc<dyn EventStore>,
+    pub dedup: Arc<dyn DedupCache>,
+    pub attributor: Attributor,
+    pub dlq: DeadLetterQueue,
+    pub dedup_ttl_s: u64,
+}
+
+/// What one durable batch did, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stored {
+    written: usize,
+    cache_duplicates: usize,
+    ledger_duplicates: usize,
+    attribution: AttributionCounts,
+}
+
+impl Sinks {
+    /// Steps 2-5 of the module docs for `events` (unique ids); idempotent, so
+    /// a failed attempt is simply run again.
+    async fn store(&mut self, events: &[StoredEvent]) -> Result<Stored, StoreError> {
+        self.attributor.remember(events).await?;
+        let ids: Vec<EventId> = events.iter().map(|e| e.event.id).collect();
+        let seen = self.dedup.seen(&ids).await?;
+        let fresh: Vec<StoredEvent> = events
+            .iter()
+            .zip(&seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let cache_duplicates = events.len() - fresh.len();
+        if fresh.is_empty() {
+            return Ok(Stored {
+                cache_duplicates,
+                ..Stored::default()
+            });
+        }
+
+        let batch = BatchId::new_random();
+        let new_ids: HashSet<EventId> = self
+            .ledger
+            .claim(batch, &fresh, self.events.as_ref())
+            .await?
+            .into_iter()
+            .collect();
+        let mut new: Vec<StoredEvent> = fresh
+            .into_iter()
+            .filter(|e| new_ids.contains(&e.event.id))
+            .collect();
+        let ledger_duplicates = events.len() - cache_duplicates - new.len();
+
+        let written = async {
+            let attribution = self.attributor.attribute(&mut new).await?;
+            self.events.insert_batch(batch, &new).await?;
+            Ok::<_, StoreError>(attribution)
+        }
+        .await;
+        let attribution = match written {
+            Ok(a) => a,
+            Err(e) => {
+                self.ledger.abandon(batch).await;
+                return Err(e);
+            }
+        };
+        self.ledger.mark_written(batch).await?;
+        if let Err(e) = self.dedup.mark(&ids, self.dedup_ttl_s).await {
+            // Only the fast path suffers: the ledger still catches replays.
+            tracing::warn!(error = %e, "could not record processed ids in the dedup cache");
+        }
+        Ok(Stored {
+            written: new.len(),
+            cache_duplicates,
+            ledger_duplicates,
+            attribution,
+        })
+    }
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    /// Shutdown interrupted the retries: nothing of the batch was committed.
+    Abandoned,
+}
+
+/// The consumer loop.
+pub struct Pipeline {
+    intake: Intake,
+    sinks: Sinks,
+    settings: PipelineSettings,
+    rules: EventRules,
+}
+
+impl Pipeline {
+    pub fn new(
+        consumer: Arc<EventConsumer>,
+        sinks: Sinks,
+        settings: PipelineSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            intake: Intake {
+                consumer,
+                topic: settings.topic.clone(),
+                carry: VecDeque::new(),
+                shutdown,
+                retry_initial: settings.retry_initial,
+                retry_max: settings.retry_max,
+            },
+            sinks,
+            settings,
+            // The worker accepts impressions: the api emits them to the same topic.
+            rules: EventRules::default(),
+        }
+    }
+
+    /// Consume until shutdown, then commit what is durable and leave the group.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            let batch = self
+                .intake
+                .collect(self.settings.batch_size, self.settings.batch_max_wait)
+                .await;
+            if !batch.is_empty() && self.process(&batch).await == Outcome::Abandoned {
+                tracing::info!(
+                    messages = batch.len(),
+                    "shutdown during retries: batch abandoned, its offsets not committed"
+                );
+                break;
+            }
+            if self.intake.shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // Leaving the group (rd_kafka_consumer_close) blocks; keep it off the runtime.
+        let consumer = self.intake.consumer;
+        tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await
+        .ok();
+        tracing::info!("consumer closed");
+        Ok(())
+    }
+
+    async fn process(&mut self, batch: &[Msg]) -> Outcome {
+        let started = Instant::now();
+        let now = Utc::now();
+        let mut events = Vec::with_capacity(batch.len());
+        let mut letters = Vec::new();
+        for m in batch {
+            let payload = m.payload.as_deref().unwrap_or_default();
+            match Event::from_json(payload, now, self.rules) {
+                Ok(event) => events.push(StoredEvent::new(event)),
+                Err(e) => letters.push(DeadLetter::new(
+                    e.message,
+                    e.field,
+                    &self.settings.topic,
+                    m.partition,
+                    m.offset,
+                    m.key.clone(),
+                    payload,
+                )),
+            }
+        }
+        if !letters.is_empty() {
+            if retry!(self.intake, self.sinks.dlq.send_all(&letters)).is_none() {
+                return Outcome::Abandoned;
+            }
+            for letter in &letters {
+                metrics::counter!("marquee_worker_dlq_total", "field" => dlq_field(&letter.field))
+                    .increment(1);
+            }
+        }
+
+        let before = events.len();
+        let mut unique = HashSet::with_capacity(before);
+        events.retain(|e| unique.insert(e.event.id));
+        let batch_duplicates = before - events.len();
+
+        let stored = if events.is_empty() {
+            Stored::default()
+        } else {
+            match retry!(self.intake, self.sinks.store(&events)) {
+                Some(stored) => stored,
+                None => return Outcome::Abandoned,
+            }
+        };
+        self.intake.commit(batch).await;
+
+        metrics::counter!("marquee_worker_events_consumed_total").increment(batch.len() as u64);
+        metrics::counter!("marquee_worker_events_written_total").increment(stored.written as u64);
+        metrics::histogram!("marquee_worker_batch_size").record(batch.len() as f64);
+        metrics::histogram!("marquee_worker_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        for (stage, n) in [
+            ("batch", batch_duplicates),
+            ("cache", stored.cache_duplicates),
+            ("ledger", stored.ledger_duplicates),
+        ] {
+            if n > 0 {
+                metrics::counter!("marquee_worker_duplicates_dropped_total", "stage" => stage)
+                    .increment(n as u64);
+            }
+        }
+        metrics::counter!("marquee_events_unattributed_total")
+            .increment(stored.attribution.unattributed);
+        metrics::counter!("marquee_worker_events_attributed_total")
+            .increment(stored.attribution.attributed + stored.attribution.sticky);
+        tracing::debug!(
+            messages = batch.len(),
+            written = stored.written,
+            dead_letters = letters.len(),
+            duplicates = batch_duplicates + stored.cache_duplicates + stored.ledger_duplicates,
+            millis = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Outcome::Committed
+    }
+}
+
+/// Bound the label set: nested paths collapse to their top-level field.
+fn dlq_field(field: &str) -> String {
+    field.split(['.', '[']).next().unwrap_or("body").to_owned()
+}

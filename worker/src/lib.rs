@@ -1,0 +1,16 @@
+//! Marquee's worker: the event pipeline from Kafka into ClickHouse and
+//! PostgreSQL (exactly once in effect), attribution of clicks to the served
+//! lists, bandit reweighting and the hot-movies cache.
+//!
+//! [`startup::Worker`] builds a running worker from a [`config::WorkerConfig`];
+//! tests build one in-process against their slice of the local stack.
+
+pub mod attribution;
+pub mod bench;
+pub mod config;
+pub mod consumer;
+pub mod dlq;
+pub mod loops;
+pub mod simulate;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,217 @@
+//! The worker's periodic jobs: bandit reweighting, hot movies, consumer lag.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+
+use chrono::Utc;
+use domain::experiment::reweight;
+use domain::ports::pipeline::{
+    ArmStatsSource, ArmWeight, LeasedExperiment, PublishedWeights, ReweightRepository, StoreError,
+    WeightsPublisher,
+};
+use repositories::clickhouse::Analytics;
+use repositories::redis::RedisStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::EventConsumer;
+
+/// Run `tick` every `every` until shutdown (first run immediately).
+async fn every<F, Fut>(every: Duration, shutdown: CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => tick().await,
+        }
+    }
+}
+
+/// Reweights running Thompson-sampling experiments from their ClickHouse
+/// aggregates; each experiment at most once per its own interval across all
+/// workers (the lease is taken in PostgreSQL).
+pub struct Reweighter {
+    pub repo: Arc<dyn ReweightRepository>,
+    pub stats: Arc<dyn ArmStatsSource>,
+    pub publisher: Arc<dyn WeightsPublisher>,
+}
+
+impl Reweighter {
+    pub async fn run(self, tick: Duration, shutdown: CancellationToken) {
+        every(tick, shutdown, || async {
+            match self.repo.lease_due().await {
+                Ok(due) => {
+                    for leased in due {
+                        let key = leased.experiment.key().clone();
+                        let outcome = match self.reweight_one(&leased).await {
+                            Ok(()) => "ok",
+                            Err(e) => {
+                                tracing::warn!(experiment = %key, error = %e, "reweight failed; next try after the interval");
+                                "error"
+                            }
+                        };
+                        metrics::counter!("marquee_worker_reweight_runs_total", "outcome" => outcome)
+                            .increment(1);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look for experiments to reweight"),
+            }
+        })
+        .await
+    }
+
+    async fn reweight_one(&self, leased: &LeasedExperiment) -> Result<(), StoreError> {
+        let experiment = &leased.experiment;
+        let stats = self
+            .stats
+            .arm_stats(experiment.key(), experiment.metric())
+            .await?;
+        // A fresh seed per run; it is kept in the history so the run can be replayed.
+        let seed: u64 = rand::random();
+        let result = reweight(experiment, &stats, seed)
+            .map_err(|e| StoreError::new("domain", false, format!("reweight: {e}")))?;
+        let reason = experiment.policy().as_str();
+        self.repo
+            .record_weights(experiment.key(), &result, reason)
+            .await?;
+        self.publisher
+            .publish(&PublishedWeights {
+                experiment: experiment.key().clone(),
+                weights: result
+                    .weights
+                    .iter()
+                    .map(|(arm, weight)| ArmWeight {
+                        arm: arm.clone(),
+                        weight: *weight,
+                    })
+                    .collect(),
+                computed_at: Utc::now(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        tracing::info!(
+            experiment = %experiment.key(),
+            weights = ?result.weights.iter().map(|(a, w)| format!("{a}={w:.3}")).collect::<Vec<_>>(),
+            trials = ?stats.iter().map(|s| (s.arm.to_string(), s.successes, s.trials)).collect::<Vec<_>>(),
+            "reweighted"
+        );
+        Ok(())
+    }
+}
+
+/// Copies the most interacted-with movies of the recent window into Redis.
+pub async fn hot_movies_loop(
+    analytics: Analytics,
+    redis: RedisStore,
+    interval: Duration,
+    window_s: u64,
+    limit: u64,
+    shutdown: CancellationToken,
+) {
+    every(interval, shutdown, || async {
+        let result = async {
+            let scored = analytics.hot_movies(window_s, limit).await?;
+            redis.replace_hot_movies(&scored).await?;
+            Ok::<_, repositories::RepoError>(scored.len())
+        }
+        .await;
+        match result {
+            Ok(n) => {
+                metrics::counter!("marquee_worker_hot_movies_refresh_total", "outcome" => "ok")
+                    .increment(1);
+                tracing::debug!(movies = n, "hot movies refreshed");
+            }
+            Err(e) => {
+                metrics::counter!("marquee_worker_hot_movies_refresh_total", "outcome" => "error")
+                    .increment(1);
+                tracing::warn!(error = %e, "hot movies refresh failed");
+            }
+        }
+    })
+    .await
+}
+
+/// Publishes the lag (high watermark minus committed offset) of every
+/// assigned partition, and watches for orphaned partitions.
+///
+/// Orphans: a broker's group coordinator can leave a partition assigned to a
+/// member that died (seen with Tansu after a SIGKILL: the survivor was handed
+/// an empty assignment and no rebalance followed). When this worker owns
+/// nothing while some partition has lag and its committed offset has not
+/// moved for `orphan_after`, nobody is consuming it: rejoin the group so the
+/// coordinator assigns it again. In a healthy group someone commits and this
+/// never fires.
+pub async fn lag_loop(
+    consumer: Weak<EventConsumer>,
+    topic: String,
+    interval: Duration,
+    orphan_after: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    // partition -> (committed offset last seen, since when unchanged)
+    let stalled: Arc<std::sync::Mutex<HashMap<i32, (i64, Instant)>>> = Arc::default();
+    every(interval, shutdown, || async {
+        let Some(consumer) = consumer.upgrade() else {
+            return;
+        };
+        let topic = topic.clone();
+        let stalled = stalled.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            if owned > 0 {
+                if let Ok(mut s) = stalled.lock() {
+                    s.clear();
+                }
+                return repositories::kafka::partition_lag(&consumer, &topic, timeout).map(Some);
+            }
+            let offsets = repositories::kafka::group_offsets(&consumer, &topic, timeout)?;
+            let now = Instant::now();
+            let mut orphaned = Vec::new();
+            if let Ok(mut s) = stalled.lock() {
+                for (partition, committed, high) in offsets {
+                    if committed >= high {
+                        s.remove(&partition);
+                        continue;
+                    }
+                    let entry = s.entry(partition).or_insert((committed, now));
+                    if entry.0 != committed {
+                        *entry = (committed, now);
+                    } else if now.duration_since(entry.1) >= orphan_after {
+                        orphaned.push(partition);
+                    }
+                }
+                if !orphaned.is_empty() {
+                    s.clear();
+                }
+            }
+            if !orphaned.is_empty() {
+                tracing::warn!(?orphaned, "partitions with lag are consumed by nobody; rejoining the consumer group");
+                metrics::counter!("marquee_worker_group_rejoins_total").increment(1);
+                consumer.unsubscribe();
+                consumer.subscribe(&[topic.as_str()])?;
+            }
+            Ok(None)
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(lags))) => {
+                for (partition, lag) in lags {
+                    metrics::gauge!("marquee_worker_consumer_lag", "partition" => partition.to_string())
+                        .set(lag as f64);
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "consumer lag unavailable"),
+            Err(e) => tracing::debug!(error = %e, "consumer lag task failed"),
+        }
+    })
+    .await
+}

@@ -1,0 +1,105 @@
+//! `worker`: run the event pipeline and periodic jobs, migrate, or benchmark ingestion.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use marquee_worker::config::WorkerConfig;
+use marquee_worker::startup::{migrate_with_retry, wait_for_dependencies, Worker};
+use marquee_worker::{bench, telemetry};
+use repositories::stores::Stores;
+
+#[derive(Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Marquee's worker: event pipeline, reweighting, caches"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: WorkerConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume events and run the periodic jobs until SIGTERM (the default).
+    Run,
+    /// Apply PostgreSQL and ClickHouse migrations, create Kafka topics and the S3 bucket, then exit.
+    Migrate,
+    /// Produce synthetic valid events to the events topic (benchmark input).
+    BenchProduce {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Simulate users who ask for recommendations and click by hidden taste (the demo's traffic).
+    Simulate(marquee_worker::simulate::SimulateArgs),
+    /// Read the events topic from the start with a plain consumer and report its rate.
+    BenchConsume {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing();
+    let limit = std::time::Duration::from_secs(cli.config.startup_timeout_s);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let worker = Worker::build(cli.config).await?;
+            worker.run_until_stopped().await
+        }
+        Command::Migrate => {
+            let stores = Stores::open(&cli.config.stack).context("opening store clients")?;
+            migrate_with_retry(&stores, limit).await?;
+            wait_for_dependencies(&stores, limit).await?;
+            println!("migrations applied: postgres, clickhouse, kafka topics, s3 bucket");
+            Ok(())
+        }
+        Command::BenchProduce { count, seed } => {
+            let kafka = cli.config.stack.kafka();
+            let seconds =
+                tokio::task::spawn_blocking(move || bench::produce(&kafka, count, seed)).await??;
+            println!(
+                "{{\"produced\":{count},\"seconds\":{seconds:.3},\"rate\":{:.0}}}",
+                count as f64 / seconds.max(1e-9)
+            );
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let summary = marquee_worker::simulate::run(args, cli.config.stack.kafka()).await?;
+            println!(
+                "simulated {} requests ({} failed); clicks sent: {} via POST /v1/events, {} straight to Kafka",
+                summary.requests, summary.failed_requests, summary.clicks_via_api, summary.clicks_via_kafka
+            );
+            println!(
+                "{:<12}{:>10}{:>13}{:>9}{:>9}",
+                "arm", "requests", "impressions", "clicks", "CTR"
+            );
+            for (arm, tally) in &summary.per_arm {
+                let ctr = tally.clicks as f64 / tally.impressions.max(1) as f64;
+                println!(
+                    "{arm:<12}{:>10}{:>13}{:>9}{:>8.2}%",
+                    tally.requests,
+                    tally.impressions,
+                    tally.clicks,
+                    100.0 * ctr
+                );
+            }
+            Ok(())
+        }
+        Command::BenchConsume { count } => {
+            let kafka = cli.config.stack.kafka();
+            let (seen, seconds) =
+                tokio::task::spawn_blocking(move || bench::consume_raw(&kafka, count)).await??;
+            println!(
+                "{{\"consumed\":{seen},\"seconds\":{seconds:.3},\"rate\":{:.0}}}",
+                seen as f64 / seconds.max(1e-9)
+            );
+            Ok(())
+        }
+    }
+}
