@@ -33,6 +33,13 @@ pub struct ApiConfig {
     /// Time limit of a whole request, in milliseconds.
     #[arg(long, env = "MARQUEE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Time limit of each store read on the recommendations path, in milliseconds;
+    /// past it the answer degrades (fallback lists, no seen-filter) instead of waiting.
+    #[arg(long, env = "MARQUEE_SERVING_TIMEOUT_MS", default_value_t = 250)]
+    pub serving_timeout_ms: u64,
+    /// Milliseconds between reloads of `hot:movies` into process memory.
+    #[arg(long, env = "MARQUEE_HOT_REFRESH_MS", default_value_t = 1000)]
+    pub hot_refresh_ms: u64,
     /// Time limit of each dependency probe in `/health/ready`, in milliseconds.
     #[arg(long, env = "MARQUEE_READY_TIMEOUT_MS", default_value_t = 1000)]
     pub ready_timeout_ms: u64,

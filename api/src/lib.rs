@@ -3,11 +3,13 @@
 //! `startup::Application` builds a running server from an [`config::ApiConfig`];
 //! tests build one on a random port against the local stack.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod routes;
+pub mod serving;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

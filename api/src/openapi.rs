@@ -1,16 +1,41 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{health, metrics};
+use crate::routes::{events, health, metrics, recommendations};
 
 /// Marquee's API description, served at `/openapi.json` and browsed at `/docs`.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Marquee", description = "Recommendations with built-in A/B testing for movie catalogs."),
-    paths(health::live, health::ready, metrics::render),
-    components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport)),
-    tags((name = "health", description = "Liveness, readiness and metrics")),
+    paths(
+        health::live, health::ready, metrics::render,
+        recommendations::recommendations, events::post_events,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
+        recommendations::Recommendations, recommendations::RecommendedItem,
+        events::EventBatch, events::EventError, events::EventsAccepted, events::EventsRejected,
+    )),
+    modifiers(&ApiKeyAuth),
+    tags(
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "serving", description = "Recommendations and event intake (client role)"),
+    ),
 )]
 pub struct ApiDoc;
+
+/// Declares the `api_key` scheme the routes' `security(...)` refer to: the
+/// key travels in the `x-api-key` header (or `Authorization: Bearer`).
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}

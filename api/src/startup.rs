@@ -10,6 +10,8 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use repositories::kafka::EventProducer;
+use repositories::postgres::serving::PgServing;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +24,13 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::ApiConfig;
 use crate::openapi::ApiDoc;
 use crate::routes;
+use crate::serving::background::{self, RefreshIntervals};
+use crate::serving::Serving;
 use crate::state::AppState;
 use crate::telemetry;
+
+/// Longest wait at shutdown for queued impressions and assignments to be written.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -33,6 +40,9 @@ pub struct Application {
     router: Router,
     shutdown: CancellationToken,
     state: AppState,
+    /// Cache refreshers and queue drainers; awaited at shutdown so queued
+    /// impressions reach Kafka before the process exits.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -42,10 +52,32 @@ impl Application {
         if config.migrate_on_start {
             migrate_with_retry(&stores).await?;
         }
+        let shutdown = CancellationToken::new();
+        let timeout = Duration::from_millis(config.serving_timeout_ms.max(1));
+        let producer = EventProducer::new(&config.stack.kafka(), 5).context("creating the kafka producer")?;
+        let (serving, queues) = Serving::new(
+            PgServing::new(stores.pg.clone(), config.stack.timeout().max(timeout)),
+            producer,
+            config.impression_queue,
+        );
+        let serving = Arc::new(serving);
+        background::warm(&serving, &stores.redis).await;
+        let tasks = background::spawn(
+            serving.clone(),
+            queues,
+            stores.redis.clone(),
+            RefreshIntervals {
+                catalog: Duration::from_secs(config.catalog_refresh_s.max(1)),
+                hot: Duration::from_millis(config.hot_refresh_ms.max(50)),
+            },
+            shutdown.clone(),
+        );
         let state = AppState {
             config: Arc::new(config.clone()),
             stores,
             prometheus: telemetry::prometheus(),
+            keys: Default::default(),
+            serving,
         };
         let router = build_router(state.clone());
         let address = format!("{}:{}", config.host, config.port);
@@ -55,8 +87,9 @@ impl Application {
         Ok(Self {
             listener,
             router,
-            shutdown: CancellationToken::new(),
+            shutdown,
             state,
+            tasks,
         })
     }
 
@@ -92,6 +125,10 @@ impl Application {
             .await
             .context("serving http")?;
         self.shutdown.cancel();
+        let drained = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(SHUTDOWN_DRAIN, drained).await.is_err() {
+            tracing::warn!("background tasks did not finish within {SHUTDOWN_DRAIN:?}; exiting anyway");
+        }
         Ok(())
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use repositories::stores::Stores;
 
+use crate::auth::KeyCache;
 use crate::config::ApiConfig;
+use crate::serving::Serving;
 
 /// Handles to the stores and the process-wide services; cheap to clone.
 #[derive(Clone)]
@@ -13,4 +15,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub stores: Stores,
     pub prometheus: Option<PrometheusHandle>,
+    /// Recently looked-up API keys.
+    pub keys: KeyCache,
+    /// Caches and queues of the recommendations and events routes.
+    pub serving: Arc<Serving>,
 }

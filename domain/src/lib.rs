@@ -11,6 +11,7 @@ pub mod ids;
 pub mod ports;
 pub mod recommend;
 pub mod results;
+pub mod serving;
 pub mod stats;
 
 pub use error::ValidationError;

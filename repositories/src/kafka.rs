@@ -273,3 +273,51 @@ pub fn group_offsets<C: ConsumerContext>(
     }
     Ok(out)
 }
+
+/// Produces validated events to the events topic, keyed by user id so that a
+/// user's impressions and clicks share a partition and stay in order.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl EventProducer {
+    pub fn new(settings: &KafkaSettings, linger_ms: u32) -> RepoResult<Self> {
+        Ok(Self {
+            producer: producer(settings, linger_ms)?,
+            topic: settings.events_topic.clone(),
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Produce every event concurrently and wait for the broker's acknowledgement
+    /// of each; one result per event, in order. An error means that event is
+    /// not durable and the caller must not report it as accepted.
+    pub async fn send_all(&self, events: &[domain::events::Event]) -> Vec<RepoResult<()>> {
+        let sends = events.iter().map(|event| {
+            let payload = event.to_json();
+            let key = event.user_id.as_str().to_owned();
+            async move {
+                let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                    .key(&key)
+                    .payload(&payload);
+                match tokio::time::timeout(
+                    self.timeout + Duration::from_secs(1),
+                    self.producer.send(record, self.timeout),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(RepoError::Kafka(e)),
+                    Err(_) => Err(RepoError::Timeout {
+                        what: "kafka produce",
+                        millis: self.timeout.as_millis(),
+                    }),
+                }
+            }
+        });
+        futures::future::join_all(sends).await
+    }
+}

@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod postgres;
 pub mod redis;
+pub mod redis_serving;
 pub mod s3;
 pub mod settings;
 pub mod stores;

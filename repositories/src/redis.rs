@@ -72,6 +72,8 @@ pub struct RedisStore {
     pool: Pool,
     pub keys: Keys,
     timeout: std::time::Duration,
+    /// Kept for the dedicated connections pub/sub needs (a pooled one cannot subscribe).
+    url: String,
 }
 
 impl RedisStore {
@@ -89,12 +91,18 @@ impl RedisStore {
             pool,
             keys: Keys::new(settings.namespace.clone()),
             timeout: settings.timeout,
+            url: settings.url.clone(),
         })
     }
 
     /// A pooled connection, bounded by the configured timeout.
     pub async fn conn(&self) -> RepoResult<Connection> {
         crate::error::with_timeout("redis connection", self.timeout, self.pool.get()).await
+    }
+
+    /// The server's URL, for connections outside the pool.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The per-call time limit callers should apply to commands.

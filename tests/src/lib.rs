@@ -6,6 +6,7 @@
 //! The stack itself must be up (`scripts/stack.sh up`; `scripts/test.sh` does it).
 
 pub mod fixtures;
+pub mod private_redis;
 
 use std::time::Duration;
 

@@ -1,69 +1,10 @@
 //! `/health/live` and `/health/ready` tell the truth about the five dependencies.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{eventually, spawn_api, TestStack};
 use serde_json::Value;
-
-/// A private redis-server this test may stop and restart without disturbing
-/// the shared stack that other tests use.
-struct PrivateRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16, dir: std::path::PathBuf) -> Self {
-        let mut redis = Self {
-            port,
-            dir,
-            child: None,
-        };
-        redis.restart();
-        redis
-    }
-
-    fn restart(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-            ])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn ready(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let response = client.get(url).send().await.unwrap();

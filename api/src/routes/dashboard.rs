@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::routes::results::load_results;
+use crate::auth::AnalystAccess;
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
@@ -61,7 +62,10 @@ pub struct ExperimentSummaries {
     ),
     security(("api_key" = []))
 )]
-pub async fn experiments(State(state): State<AppState>) -> ApiResult<Json<ExperimentSummaries>> {
+pub async fn experiments(
+    _caller: AnalystAccess,
+    State(state): State<AppState>,
+) -> ApiResult<Json<ExperimentSummaries>> {
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT key, status, policy, metric FROM experiments ORDER BY created_at DESC LIMIT 200",
     )

@@ -1,11 +1,13 @@
 //! HTTP routes, one module per resource.
 
 pub mod dashboard;
+pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod recommendations;
 pub mod results;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::state::AppState;
@@ -16,6 +18,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::render))
+        .route(
+            "/v1/users/{user_id}/recommendations",
+            get(recommendations::recommendations),
+        )
+        .route("/v1/events", post(events::post_events))
         .route(
             "/v1/experiments/{key}/results",
             get(results::experiment_results),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult};
+use crate::auth::AnalystAccess;
 use crate::state::AppState;
 
 /// Query of a results request.
@@ -113,6 +114,7 @@ fn wants_csv(query: &ResultsQuery, headers: &HeaderMap) -> ApiResult<bool> {
     security(("api_key" = []))
 )]
 pub async fn experiment_results(
+    _caller: AnalystAccess,
     State(state): State<AppState>,
     Path(key): Path<String>,
     Query(query): Query<ResultsQuery>,

@@ -157,3 +157,11 @@ pub(crate) fn top_k(mut candidates: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)
     candidates.sort_unstable_by(better);
     candidates
 }
+
+/// A user's precomputed list as the worker stores it under `recs:{algorithm}:{user}`
+/// and the api reads it: best first, with the model version that made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrecomputedList {
+    pub model_version: String,
+    pub items: Vec<ScoredItem>,
+}

@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod ingest;
 pub mod reweight;
+pub mod serving;
 
 use std::time::Duration;
 

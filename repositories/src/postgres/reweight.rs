@@ -29,29 +29,29 @@ impl PgReweightRepository {
 }
 
 #[derive(sqlx::FromRow)]
-struct ExperimentRow {
-    key: String,
-    salt: String,
-    hash_version: i16,
-    coverage: f64,
-    status: String,
-    policy: String,
-    metric: String,
-    min_weight: f64,
-    reweight_interval_s: i32,
-    last_reweight_at: DateTime<Utc>,
+pub(crate) struct ExperimentRow {
+    pub(crate) key: String,
+    pub(crate) salt: String,
+    pub(crate) hash_version: i16,
+    pub(crate) coverage: f64,
+    pub(crate) status: String,
+    pub(crate) policy: String,
+    pub(crate) metric: String,
+    pub(crate) min_weight: f64,
+    pub(crate) reweight_interval_s: i32,
+    pub(crate) last_reweight_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
-struct ArmRow {
-    experiment_key: String,
-    arm_key: String,
-    algorithm_key: String,
-    weight: f64,
-    is_control: bool,
+pub(crate) struct ArmRow {
+    pub(crate) experiment_key: String,
+    pub(crate) arm_key: String,
+    pub(crate) algorithm_key: String,
+    pub(crate) weight: f64,
+    pub(crate) is_control: bool,
 }
 
-fn build(row: &ExperimentRow, arms: &[&ArmRow]) -> Result<Experiment, ValidationError> {
+pub(crate) fn build(row: &ExperimentRow, arms: &[&ArmRow]) -> Result<Experiment, ValidationError> {
     let arms = arms
         .iter()
         .map(|a| {

@@ -1,0 +1,179 @@
+//! API keys and roles: extractors that let a handler state who may call it.
+//!
+//! A key arrives as `x-api-key`, `Authorization: Bearer …`, or (for the
+//! dashboard) the `marquee_key` cookie. Lookups are cached in process for a
+//! short time so the recommendations hot path does not query PostgreSQL on
+//! every request; a revoked key stops working within that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use repositories::postgres::api_keys::{self, Role, StoredKey};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long a looked-up key (or its absence) is trusted without asking PostgreSQL again.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Bound on cached lookups, so random keys from an attacker cannot grow memory without end.
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Cache of key hash → role (or None for a key known to be invalid).
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    entries: Arc<RwLock<HashMap<String, (Option<StoredKey>, Instant)>>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<Option<StoredKey>> {
+        let entries = self.entries.read().ok()?;
+        let (key, at) = entries.get(hash)?;
+        (at.elapsed() < KEY_CACHE_TTL).then_some(*key)
+    }
+
+    fn put(&self, hash: String, key: Option<StoredKey>) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+                if entries.len() >= KEY_CACHE_MAX {
+                    entries.clear();
+                }
+            }
+            entries.insert(hash, (key, Instant::now()));
+        }
+    }
+}
+
+/// Who is calling: the role of the presented key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+}
+
+fn presented_key(parts: &Parts) -> Option<String> {
+    let headers = &parts.headers;
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = v.strip_prefix("Bearer ") {
+            return Some(token.trim().to_owned());
+        }
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix("marquee_key="))
+        .map(|v| percent_decode(v))
+        .next()
+}
+
+/// The dashboard writes the cookie with `encodeURIComponent`; keys are ASCII,
+/// so decoding `%XX` is all that is needed (no crate for eight lines).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Constant-time comparison of two secrets of possibly different length.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (ha, hb) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Resolve the presented key to a caller, or 401.
+pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
+    let key = presented_key(parts).filter(|k| !k.is_empty()).ok_or(ApiError::Unauthorized)?;
+    let bootstrap = &state.config.bootstrap_admin_key;
+    if !bootstrap.is_empty() && same_secret(&key, bootstrap) {
+        return Ok(Caller { role: Role::Admin });
+    }
+    let hash = api_keys::hash_key(&key);
+    let stored = match state.keys.get(&hash) {
+        Some(cached) => cached,
+        None => {
+            let found = api_keys::find(&state.stores.pg, &key).await?;
+            state.keys.put(hash, found);
+            found
+        }
+    };
+    stored
+        .map(|k| Caller { role: k.role })
+        .ok_or(ApiError::Unauthorized)
+}
+
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, [$($role:ident),+]) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name(pub Caller);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                let caller = authenticate(state, parts).await?;
+                if matches!(caller.role, $(Role::$role)|+) {
+                    Ok(Self(caller))
+                } else {
+                    Err(ApiError::Forbidden)
+                }
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// Front-ends: recommendations and events (admins too).
+    ClientAccess, [Client, Admin]
+);
+role_extractor!(
+    /// Read-only analysis: results and the dashboard (admins too).
+    AnalystAccess, [Analyst, Admin]
+);
+role_extractor!(
+    /// Everything else: catalog, experiments, models, keys.
+    AdminAccess, [Admin]
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes_of_cookie_values() {
+        assert_eq!(percent_decode("mq_admin_ab%2Bc"), "mq_admin_ab+c");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("trailing%2"), "trailing%2");
+    }
+
+    #[test]
+    fn compares_secrets_exactly() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+}

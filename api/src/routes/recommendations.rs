@@ -1,0 +1,317 @@
+//! `GET /v1/users/{user_id}/recommendations`: assign, look up, compose, emit.
+//!
+//! The request path makes two reads in parallel (one Redis MGET of every
+//! arm's list, one PostgreSQL query for the sticky arm and seen movies), each
+//! under a short time limit; whichever fails degrades the answer instead of
+//! failing it. Impressions and new assignments leave through bounded queues.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use chrono::Utc;
+use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
+use domain::experiment::{assign, Experiment, ExperimentStatus};
+use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
+use domain::serving::{compose, ItemSource};
+use repositories::postgres::serving::{NewAssignment, UserContext};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::ClientAccess;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
+use crate::state::AppState;
+
+/// Largest list a request may ask for.
+pub const MAX_LIMIT: i64 = 100;
+const DEFAULT_LIMIT: i64 = 10;
+/// Algorithm served when no experiment applies at all.
+const DEFAULT_ALGORITHM: &str = "popularity";
+
+/// Query of the recommendations route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RecommendationsQuery {
+    /// How many movies, 1 to 100 (default 10).
+    pub limit: Option<i64>,
+    /// Experiment to assign in; the configured default experiment when absent.
+    pub experiment: Option<String>,
+}
+
+/// One served movie.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecommendedItem {
+    pub movie_id: i64,
+    pub title: String,
+    /// 0-based position in the list.
+    pub position: u16,
+    /// The source's score; comparable only between items of the same source.
+    pub score: f32,
+    /// `model` (the arm's algorithm), `hot`, `popular` or `catalog` (fallbacks).
+    #[schema(value_type = String)]
+    pub source: ItemSource,
+}
+
+/// A served list and the assignment that chose it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recommendations {
+    /// Send it back on clicks, views, likes and conversions to attribute them to this list.
+    pub request_id: Uuid,
+    /// The experiment the user was assigned in, if any applied.
+    pub experiment: Option<String>,
+    /// The user's arm; absent when no running experiment covers the user.
+    pub arm: Option<String>,
+    pub algorithm: String,
+    /// Version of the model that computed the list, when it came from one.
+    pub model_version: Option<String>,
+    pub items: Vec<RecommendedItem>,
+}
+
+/// How the list is chosen for this request.
+struct Plan<'a> {
+    experiment: Option<&'a Experiment>,
+    /// Algorithms whose lists are fetched: every arm's while running, so the
+    /// sticky arm can be honoured without a second round trip.
+    algorithms: Vec<&'a str>,
+}
+
+fn parse_limit(limit: Option<i64>) -> ApiResult<usize> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_LIMIT => Ok(n as usize),
+        _ => Err(ApiError::bad_request(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// Recommendations for one user, from their experiment arm's algorithm.
+#[utoipa::path(get, path = "/v1/users/{user_id}/recommendations", tag = "serving",
+    params(("user_id" = String, Path, description = "the user as the front-end knows them"), RecommendationsQuery),
+    responses(
+        (status = 200, body = Recommendations),
+        (status = 400, body = crate::error::ErrorBody, description = "bad user id, limit or experiment key"),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody, description = "the named experiment does not exist"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn recommendations(
+    _caller: ClientAccess,
+    State(state): State<AppState>,
+    ApiPath(user_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RecommendationsQuery>,
+) -> ApiResult<Json<Recommendations>> {
+    let user = UserId::parse_field("user_id", user_id)?;
+    let limit = parse_limit(query.limit)?;
+    let named = query
+        .experiment
+        .map(|k| ExperimentKey::parse_field("experiment", k))
+        .transpose()?;
+    let serving = &state.serving;
+    let experiments = serving.experiments.get();
+    let experiment = match &named {
+        Some(key) => Some(
+            experiments
+                .get(key)
+                .ok_or_else(|| ApiError::NotFound(format!("experiment {key}")))?,
+        ),
+        None => ExperimentKey::parse(state.config.default_experiment.clone())
+            .ok()
+            .and_then(|key| experiments.get(&key)),
+    };
+    let plan = plan(experiment);
+    let running = plan.experiment.filter(|e| e.status() == ExperimentStatus::Running);
+
+    let limit_time = Duration::from_millis(state.config.serving_timeout_ms);
+    let (lists, context) = tokio::join!(
+        tokio::time::timeout(
+            limit_time,
+            state.stores.redis.serving_lists(&plan.algorithms, user.as_str())
+        ),
+        tokio::time::timeout(
+            limit_time,
+            serving.pg.user_context(running.map(Experiment::key), &user)
+        ),
+    );
+    let lists = match lists {
+        Ok(Ok(lists)) => lists,
+        Ok(Err(e)) => {
+            metrics::counter!("marquee_recs_cache_total", "result" => "error").increment(1);
+            tracing::warn!(error = %e, "reading precomputed lists failed; serving fallbacks");
+            vec![None; plan.algorithms.len()]
+        }
+        Err(_) => {
+            metrics::counter!("marquee_recs_cache_total", "result" => "timeout").increment(1);
+            tracing::warn!("reading precomputed lists timed out; serving fallbacks");
+            vec![None; plan.algorithms.len()]
+        }
+    };
+    let context = match context {
+        Ok(Ok(context)) => context,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the user's arm and history failed; serving unfiltered");
+            UserContext::default()
+        }
+        Err(_) => {
+            tracing::warn!("reading the user's arm and history timed out; serving unfiltered");
+            UserContext::default()
+        }
+    };
+
+    // Who is served what: the sticky or hashed arm of a running experiment,
+    // else the control's algorithm (draft, stopped, or outside coverage).
+    let assignment = running.and_then(|e| assign(e, &user, context.sticky_arm.as_ref()));
+    let (arm, algorithm): (Option<&ArmKey>, &str) = match (plan.experiment, &assignment) {
+        (Some(e), Some(a)) => (
+            Some(&a.arm),
+            e.arms()
+                .get(a.arm_index)
+                .map_or(DEFAULT_ALGORITHM, |arm| arm.algorithm.as_str()),
+        ),
+        (Some(e), None) => (None, e.control().algorithm.as_str()),
+        (None, _) => (None, DEFAULT_ALGORITHM),
+    };
+    let list = plan
+        .algorithms
+        .iter()
+        .position(|a| *a == algorithm)
+        .and_then(|i| lists.get(i).cloned().flatten());
+    metrics::counter!("marquee_recs_cache_total", "result" => if list.is_some() { "hit" } else { "miss" })
+        .increment(1);
+
+    let catalog = serving.catalog.get();
+    let hot = serving.hot.get();
+    let seen: HashSet<MovieId> = context.seen.iter().copied().collect();
+    let model_items = list.as_ref().map(|l| l.items.as_slice()).unwrap_or_default();
+    let chosen = compose(
+        limit,
+        &[
+            (ItemSource::Model, model_items),
+            (ItemSource::Hot, &hot),
+            (ItemSource::Popular, &catalog.popular),
+            (ItemSource::Catalog, &catalog.any),
+        ],
+        &seen,
+        |m| catalog.titles.is_empty() || catalog.titles.contains_key(&m),
+    );
+    let from_model = chosen.iter().any(|c| c.source == ItemSource::Model);
+    let model_version = list.filter(|_| from_model).map(|l| l.model_version);
+    let request_id = Uuid::now_v7();
+
+    if let (Some(e), Some(a)) = (running, &assignment) {
+        if !a.sticky {
+            serving.record_assignment(NewAssignment {
+                experiment: e.key().clone(),
+                user_id: user.clone(),
+                arm: a.arm.clone(),
+            });
+        }
+        if !chosen.is_empty() {
+            if let Ok(algorithm_key) = AlgorithmKey::parse(algorithm) {
+                serving.emit_impression(impression(
+                    &user,
+                    request_id,
+                    e.key().clone(),
+                    a.arm.clone(),
+                    algorithm_key,
+                    model_version.clone(),
+                    &chosen,
+                ));
+            }
+        }
+    }
+
+    let items = chosen
+        .iter()
+        .enumerate()
+        .map(|(position, c)| RecommendedItem {
+            movie_id: c.movie_id.get(),
+            title: catalog.titles.get(&c.movie_id).cloned().unwrap_or_default(),
+            position: position as u16,
+            score: c.score,
+            source: c.source,
+        })
+        .collect();
+    Ok(Json(Recommendations {
+        request_id,
+        experiment: plan.experiment.map(|e| e.key().to_string()),
+        arm: arm.map(ToString::to_string),
+        algorithm: algorithm.to_owned(),
+        model_version,
+        items,
+    }))
+}
+
+fn plan(experiment: Option<&Experiment>) -> Plan<'_> {
+    let Some(e) = experiment else {
+        return Plan {
+            experiment: None,
+            algorithms: vec![DEFAULT_ALGORITHM],
+        };
+    };
+    let mut algorithms: Vec<&str> = if e.status() == ExperimentStatus::Running {
+        e.arms().iter().map(|a| a.algorithm.as_str()).collect()
+    } else {
+        vec![e.control().algorithm.as_str()]
+    };
+    let mut unique = HashSet::new();
+    algorithms.retain(|a| unique.insert(*a));
+    Plan {
+        experiment: Some(e),
+        algorithms,
+    }
+}
+
+fn impression(
+    user: &UserId,
+    request_id: Uuid,
+    experiment: ExperimentKey,
+    arm: ArmKey,
+    algorithm: AlgorithmKey,
+    model_version: Option<String>,
+    chosen: &[domain::serving::Candidate],
+) -> Event {
+    Event {
+        id: EventId::from(Uuid::now_v7()),
+        kind: EventKind::Impression,
+        user_id: user.clone(),
+        movie_id: None,
+        request_id: Some(RequestId::from(request_id)),
+        ts: Utc::now(),
+        value: None,
+        impression: Some(ImpressionDetails {
+            experiment,
+            arm,
+            algorithm,
+            model_version,
+            items: chosen
+                .iter()
+                .enumerate()
+                .map(|(position, c)| ServedItem {
+                    movie_id: c.movie_id,
+                    position: position as u16,
+                })
+                .collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_defaults_to_ten_and_is_bounded() {
+        assert_eq!(parse_limit(None).unwrap(), 10);
+        assert_eq!(parse_limit(Some(100)).unwrap(), 100);
+        for bad in [0, -1, 101, i64::MAX] {
+            assert!(parse_limit(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Tasks that keep the serving snapshots fresh and drain the queues.
+//!
+//! Each runs until the shutdown token is cancelled; the queue drainers then
+//! flush what is left, so a graceful stop loses no accepted impression.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::events::Event;
+use futures::StreamExt;
+use repositories::postgres::serving::NewAssignment;
+use repositories::redis::RedisStore;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{CatalogSnapshot, Serving, ServingQueues, FALLBACK_LEN};
+
+/// How far back the PostgreSQL popular list looks.
+const POPULAR_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+/// Most items taken from a queue per Kafka or PostgreSQL write.
+const DRAIN_BATCH: usize = 500;
+/// How long a drainer waits to fill a batch once it has one item.
+const DRAIN_LINGER: Duration = Duration::from_millis(20);
+
+/// Settings of the background tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshIntervals {
+    pub catalog: Duration,
+    pub hot: Duration,
+}
+
+/// Load every snapshot once, so the first request after startup is served
+/// from a warm cache; failures are logged and retried by the refresh loops.
+pub async fn warm(serving: &Serving, redis: &RedisStore) {
+    refresh_experiments(serving).await;
+    refresh_catalog(serving).await;
+    refresh_hot(serving, redis).await;
+}
+
+/// Start the refresh loops, the weights subscriber and the queue drainers.
+pub fn spawn(
+    serving: Arc<Serving>,
+    queues: ServingQueues,
+    redis: RedisStore,
+    intervals: RefreshIntervals,
+    shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(catalog_loop(serving.clone(), intervals.catalog, shutdown.clone())),
+        tokio::spawn(hot_loop(serving.clone(), redis.clone(), intervals.hot, shutdown.clone())),
+        tokio::spawn(weights_subscriber(serving.clone(), redis, shutdown.clone())),
+        tokio::spawn(impression_drainer(serving.clone(), queues.impressions, shutdown.clone())),
+        tokio::spawn(assignment_drainer(serving, queues.assignments, shutdown)),
+    ]
+}
+
+async fn refresh_experiments(serving: &Serving) {
+    match serving.pg.experiments().await {
+        Ok(list) => serving
+            .experiments
+            .set(list.into_iter().map(|e| (e.key().clone(), e)).collect()),
+        Err(e) => tracing::warn!(error = %e, "reloading experiments failed; serving the previous ones"),
+    }
+}
+
+async fn refresh_catalog(serving: &Serving) {
+    let (catalog, popular) = tokio::join!(
+        serving.pg.catalog(),
+        serving.pg.popular(POPULAR_WINDOW, FALLBACK_LEN)
+    );
+    match (catalog, popular) {
+        (Ok(catalog), Ok(popular)) => serving.catalog.set(CatalogSnapshot::new(catalog, popular)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "reloading the catalog failed; serving the previous one")
+        }
+    }
+}
+
+async fn refresh_hot(serving: &Serving, redis: &RedisStore) {
+    match redis.hot_movies(FALLBACK_LEN).await {
+        Ok(hot) => serving.hot.set(hot),
+        Err(e) => {
+            // Dropping the stale list makes the degradation visible (items
+            // come from the PostgreSQL popular list) rather than silent.
+            tracing::warn!(error = %e, "reading hot movies failed");
+            serving.hot.set(Vec::new());
+        }
+    }
+}
+
+async fn catalog_loop(serving: Arc<Serving>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        refresh_experiments(&serving).await;
+        refresh_catalog(&serving).await;
+    }
+}
+
+async fn hot_loop(serving: Arc<Serving>, redis: RedisStore, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        refresh_hot(&serving, &redis).await;
+    }
+}
+
+/// Reload experiments whenever a worker (or an admin call) publishes new
+/// weights; resubscribe with backoff when Redis goes away, and reload on
+/// every (re)subscription so a message missed while down is not lost.
+async fn weights_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match redis.weights_changes().await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(200);
+                refresh_experiments(&serving).await;
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        message = stream.next() => match message {
+                            Some(experiment) => {
+                                tracing::debug!(%experiment, "weights changed; reloading experiments");
+                                refresh_experiments(&serving).await;
+                            }
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!("weights subscription ended; resubscribing");
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "subscribing to weight changes failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Take up to [`DRAIN_BATCH`] items, waiting at most [`DRAIN_LINGER`] once
+/// one has arrived; `None` once the queue is closed and empty or on shutdown
+/// with nothing left.
+async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, shutdown: &CancellationToken) -> Option<Vec<T>> {
+    let mut batch = Vec::with_capacity(DRAIN_BATCH);
+    if shutdown.is_cancelled() {
+        while batch.len() < DRAIN_BATCH {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        return (!batch.is_empty()).then_some(batch);
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => return Box::pin(next_batch(queue, shutdown)).await,
+        first = queue.recv() => batch.push(first?),
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_LINGER;
+    while batch.len() < DRAIN_BATCH {
+        match tokio::time::timeout_at(deadline, queue.recv()).await {
+            Ok(Some(item)) => batch.push(item),
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn impression_drainer(serving: Arc<Serving>, mut queue: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    while let Some(batch) = next_batch(&mut queue, &shutdown).await {
+        let results = serving.producer.send_all(&batch).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        metrics::counter!("marquee_impressions_sent_total").increment((batch.len() - failed) as u64);
+        if failed > 0 {
+            metrics::counter!("marquee_impressions_dropped_total", "reason" => "kafka").increment(failed as u64);
+            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                tracing::warn!(error = %e, failed, "impressions not delivered to kafka; dropped");
+            }
+        }
+    }
+}
+
+async fn assignment_drainer(
+    serving: Arc<Serving>,
+    mut queue: mpsc::Receiver<NewAssignment>,
+    shutdown: CancellationToken,
+) {
+    while let Some(batch) = next_batch(&mut queue, &shutdown).await {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=3 {
+            match serving.pg.record_assignments(&batch).await {
+                Ok(_) => break,
+                Err(e) if attempt < 3 && e.is_transient() => {
+                    tracing::warn!(error = %e, attempt, "recording assignments failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    metrics::counter!("marquee_assignments_dropped_total").increment(batch.len() as u64);
+                    tracing::error!(error = %e, count = batch.len(), "recording assignments failed; they stay unrecorded");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Composing the list a user is served: the arm's precomputed list first,
+//! then ever broader fallbacks, never a movie twice, never one already seen.
+//!
+//! Pure, so the rules the api follows on every request are tested in-process.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MovieId;
+use crate::recommend::ScoredItem;
+
+/// Where a served movie came from, best source first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemSource {
+    /// The arm's algorithm, precomputed for this user.
+    Model,
+    /// Recent interactions across all users (`hot:movies`).
+    Hot,
+    /// Popular by history in PostgreSQL, used when the caches are cold or down.
+    Popular,
+    /// Any catalog movie, so a non-empty catalog never yields an empty answer.
+    Catalog,
+}
+
+/// One movie chosen for the list.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub movie_id: MovieId,
+    /// The source's score (a model score, a hot-movie count); comparable only within one source.
+    pub score: f32,
+    pub source: ItemSource,
+}
+
+/// Take up to `limit` movies from `sources` in order, skipping movies already
+/// taken, movies in `seen`, and movies `known` rejects (e.g. not in the catalog).
+///
+/// If the user has seen every candidate, the list is filled again from the
+/// seen ones: a rewatch suggestion beats an empty row.
+pub fn compose(
+    limit: usize,
+    sources: &[(ItemSource, &[ScoredItem])],
+    seen: &HashSet<MovieId>,
+    known: impl Fn(MovieId) -> bool,
+) -> Vec<Candidate> {
+    let mut taken: HashSet<MovieId> = HashSet::with_capacity(limit * 2);
+    let mut out = Vec::with_capacity(limit);
+    for pass_allows_seen in [false, true] {
+        for (source, items) in sources {
+            for item in items.iter() {
+                if out.len() >= limit {
+                    return out;
+                }
+                if (!pass_allows_seen && seen.contains(&item.movie_id))
+                    || !known(item.movie_id)
+                    || !taken.insert(item.movie_id)
+                {
+                    continue;
+                }
+                out.push(Candidate {
+                    movie_id: item.movie_id,
+                    score: item.score,
+                    source: *source,
+                });
+            }
+        }
+        if !out.is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(ids: &[i64]) -> Vec<ScoredItem> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, &m)| ScoredItem {
+                movie_id: MovieId::parse(m).unwrap(),
+                score: 1.0 / (i + 1) as f32,
+            })
+            .collect()
+    }
+
+    fn ids(list: &[Candidate]) -> Vec<i64> {
+        list.iter().map(|c| c.movie_id.get()).collect()
+    }
+
+    fn seen(ids: &[i64]) -> HashSet<MovieId> {
+        ids.iter().map(|&m| MovieId::parse(m).unwrap()).collect()
+    }
+
+    #[test]
+    fn model_first_then_fallbacks_without_duplicates_or_seen() {
+        let model = items(&[1, 2, 3]);
+        let hot = items(&[3, 4, 2, 5]);
+        let popular = items(&[6, 7]);
+        let list = compose(
+            5,
+            &[
+                (ItemSource::Model, &model),
+                (ItemSource::Hot, &hot),
+                (ItemSource::Popular, &popular),
+            ],
+            &seen(&[2, 5]),
+            |_| true,
+        );
+        assert_eq!(ids(&list), vec![1, 3, 4, 6, 7]);
+        assert_eq!(list[0].source, ItemSource::Model);
+        assert_eq!(list[2].source, ItemSource::Hot);
+        assert_eq!(list[3].source, ItemSource::Popular);
+    }
+
+    #[test]
+    fn unknown_movies_are_skipped() {
+        let model = items(&[1, 2, 3]);
+        let list = compose(
+            10,
+            &[(ItemSource::Model, &model)],
+            &HashSet::new(),
+            |m| m.get() != 2,
+        );
+        assert_eq!(ids(&list), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_user_who_saw_everything_still_gets_a_list() {
+        let catalog = items(&[1, 2]);
+        let list = compose(
+            10,
+            &[(ItemSource::Catalog, &catalog)],
+            &seen(&[1, 2]),
+            |_| true,
+        );
+        assert_eq!(ids(&list), vec![1, 2]);
+    }
+
+    #[test]
+    fn respects_the_limit_and_an_empty_catalog_gives_nothing() {
+        let model = items(&[1, 2, 3, 4]);
+        assert_eq!(compose(2, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).len(), 2);
+        assert!(compose(5, &[], &HashSet::new(), |_| true).is_empty());
+        assert!(compose(0, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).is_empty());
+    }
+}

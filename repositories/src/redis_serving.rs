@@ -1,0 +1,71 @@
+//! Redis reads of the recommendations path: every candidate list in one
+//! pipelined round trip, and the weights-changed subscription.
+
+use deadpool_redis::redis;
+use domain::ids::MovieId;
+use domain::recommend::{PrecomputedList, ScoredItem};
+use futures::{Stream, StreamExt};
+
+use crate::error::with_timeout;
+use crate::redis::RedisStore;
+use crate::{RepoError, RepoResult};
+
+impl RedisStore {
+    /// The precomputed lists of `user` under each of `algorithms`, in one
+    /// round trip; `None` where a list is absent or in a format this build
+    /// cannot read (the request then falls back instead of failing).
+    pub async fn serving_lists(
+        &self,
+        algorithms: &[&str],
+        user: &str,
+    ) -> RepoResult<Vec<Option<PrecomputedList>>> {
+        if algorithms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = algorithms.iter().map(|a| self.keys.recs(a, user)).collect();
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&keys);
+        let fut = cmd.query_async::<Vec<Option<String>>>(&mut conn);
+        let values = with_timeout("redis serving lists", self.timeout(), fut).await?;
+        Ok(values
+            .into_iter()
+            .map(|json| json.and_then(|j| serde_json::from_str::<PrecomputedList>(&j).ok()))
+            .collect())
+    }
+
+    /// The `limit` hottest movies, hottest first.
+    pub async fn hot_movies(&self, limit: usize) -> RepoResult<Vec<ScoredItem>> {
+        let mut conn = self.conn().await?;
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let mut cmd = redis::cmd("ZREVRANGE");
+        cmd.arg(self.keys.hot_movies())
+            .arg(0)
+            .arg(stop)
+            .arg("WITHSCORES");
+        let fut = cmd.query_async::<Vec<(i64, f64)>>(&mut conn);
+        let hot = with_timeout("redis hot movies", self.timeout(), fut).await?;
+        Ok(hot
+            .into_iter()
+            .filter_map(|(m, score)| {
+                Some(ScoredItem {
+                    movie_id: MovieId::parse(m).ok()?,
+                    score: score as f32,
+                })
+            })
+            .collect())
+    }
+
+    /// Messages on the weights-changed channel (each names an experiment).
+    /// The stream ends when the connection drops; callers resubscribe.
+    pub async fn weights_changes(&self) -> RepoResult<impl Stream<Item = String>> {
+        let client = redis::Client::open(self.url())
+            .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))?;
+        let mut pubsub = with_timeout("redis subscribe", self.timeout(), client.get_async_pubsub()).await?;
+        let channel = self.keys.weights_channel();
+        with_timeout("redis subscribe", self.timeout(), pubsub.subscribe(&channel)).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|msg| async move { msg.get_payload::<String>().ok() }))
+    }
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Serving throughput: the release api under wrk (DURATION seconds, CONNECTIONS
+# connections, 2 threads) against GET /v1/users/{random user}/recommendations
+# and, in the same script as the baseline, against GET /health/live. Prints
+# rps, p50 and p99 of both, their ratio, and the api's peak RSS.
+#
+# Data: MOVIES movies, an experiment `bench` with two running arms, and a
+# precomputed 50-movie list per arm for USERS users in Redis; each user has
+# seen 5 movies in PostgreSQL, so every request does the seen-filter too.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DURATION="${DURATION:-20}"
+CONNECTIONS="${CONNECTIONS:-64}"
+USERS="${USERS:-10000}"
+MOVIES="${MOVIES:-2000}"
+PORT="${BENCH_PORT:-18081}"
+DB="bench_serve"
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+scripts/stack.sh up >/dev/null
+set -a
+# shellcheck disable=SC1090
+source <(scripts/stack.sh env)
+set +a
+export MARQUEE_API_PORT="$PORT" MARQUEE_BOOTSTRAP_ADMIN_KEY="bench-admin-key" MARQUEE_REDIS_NAMESPACE="bench-serve:"
+export MARQUEE_DEFAULT_EXPERIMENT=bench RUST_LOG=warn
+base_url="${MARQUEE_DATABASE_URL%/*}"
+psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+export MARQUEE_DATABASE_URL="$base_url/$DB"
+cargo build --release --locked -p marquee-api >/dev/null 2>&1
+target/release/api migrate >/dev/null
+
+echo "[bench] seeding $MOVIES movies, $USERS users (5 views each), 2 lists per user"
+psql -q "$MARQUEE_DATABASE_URL" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+INSERT INTO movies (id, title, genres) SELECT i, 'Movie ' || i, ARRAY['Drama'] FROM generate_series(1, $MOVIES) i;
+INSERT INTO views (event_id, user_id, movie_id, ts)
+  SELECT gen_random_uuid(), 'u' || u, 1 + (u * 7 + k) % $MOVIES, now() FROM generate_series(0, $USERS - 1) u, generate_series(0, 4) k;
+INSERT INTO experiments (key, status, salt, policy, metric, started_at) VALUES ('bench', 'running', 'bench', 'fixed', 'ctr', now());
+INSERT INTO arms (experiment_key, arm_key, algorithm_key, weight, is_control, position) VALUES
+  ('bench', 'control', 'popularity', 0.5, true, 0), ('bench', 'als', 'als', 0.5, false, 1);
+SQL
+redis_port="${MARQUEE_REDIS_URL##*:}"
+redis-cli -p "$redis_port" --scan --pattern 'bench-serve:*' | xargs -r -n 1000 redis-cli -p "$redis_port" DEL >/dev/null
+python3 - "$USERS" "$MOVIES" <<'PY' | redis-cli -p "$redis_port" --pipe >/dev/null
+import json, sys
+users, movies = int(sys.argv[1]), int(sys.argv[2])
+def cmd(*args):
+    out = [f"*{len(args)}\r\n"]
+    for a in args:
+        b = str(a).encode()
+        out.append(f"${len(b)}\r\n{a}\r\n")
+    return "".join(out)
+w = sys.stdout.write
+for u in range(users):
+    for alg, offset in (("popularity", 0), ("als", 500)):
+        items = [{"movie_id": 1 + (offset + u * 13 + i) % movies, "score": 1 - i / 100} for i in range(50)]
+        w(cmd("SET", f"bench-serve:recs:{alg}:u{u}", json.dumps({"model_version": "bench", "items": items}, separators=(",", ":"))))
+w(cmd("ZADD", "bench-serve:hot:movies", *[x for m in range(1, 201) for x in (1000 - m, m)]))
+PY
+
+target/release/api serve >/tmp/marquee-bench-serve.log 2>&1 &
+api_pid=$!
+trap 'kill $api_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
+CLIENT_KEY="$(target/release/api keys create --role client --name bench 2>/dev/null | tail -1 || true)"
+[ -n "$CLIENT_KEY" ] || CLIENT_KEY="bench-admin-key"
+
+lua="$(mktemp --suffix=.lua)"
+cat >"$lua" <<LUA
+math.randomseed(42)
+request = function()
+  return wrk.format("GET", "/v1/users/u" .. math.random(0, $USERS - 1) .. "/recommendations?limit=10", { ["x-api-key"] = "$CLIENT_KEY" })
+end
+LUA
+curl -fsS -o /dev/null -H "x-api-key: $CLIENT_KEY" "http://127.0.0.1:$PORT/v1/users/u1/recommendations" || { tail -20 /tmp/marquee-bench-serve.log; exit 1; }
+# Warm-up: key cache, connection pools, page cache.
+wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/null
+
+run() { wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
+echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations"
+recs="$(run -s "$lua" "http://127.0.0.1:$PORT")"
+echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: /health/live"
+live="$(run "http://127.0.0.1:$PORT/health/live")"
+rss_kb="$(awk '/VmHWM/ {print $2}' "/proc/$api_pid/status")"
+kill $api_pid; wait $api_pid 2>/dev/null || true
+trap - EXIT
+rm -f "$lua"
+
+# wrk prints latencies as 1.23ms / 456.78us / 1.2s; normalise to ms.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}'; }
+field() { echo "$1" | awk -v k="$2" '$1 == k {print $2}' | to_ms; }
+rps() { echo "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
+errors() { echo "$1" | awk '/Non-2xx|Socket errors/ {print}' ; }
+recs_rps="$(rps "$recs")"; live_rps="$(rps "$live")"
+printf '\n%-40s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
+printf '%-40s %10s %9s %9s\n' "GET /v1/users/{id}/recommendations" "$recs_rps" "$(field "$recs" 50%)" "$(field "$recs" 99%)"
+printf '%-40s %10s %9s %9s\n' "GET /health/live (baseline)" "$live_rps" "$(field "$live" 50%)" "$(field "$live" 99%)"
+echo "ratio recommendations/live rps: $(echo "scale=2; $recs_rps / $live_rps" | bc)"
+echo "api peak RSS: $((rss_kb / 1024)) MiB"
+errors "$recs"; errors "$live"

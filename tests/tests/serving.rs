@@ -1,0 +1,368 @@
+//! The recommendations and events routes against the real stack: lists come
+//! from the assigned arm's Redis list minus what the user saw, arms stick
+//! across weight changes, impressions and posted events land in Kafka, and a
+//! dead Kafka or Redis degrades answers instead of failing them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use domain::recommend::{PrecomputedList, ScoredItem};
+use domain::ids::MovieId;
+use marquee_tests::fixtures::create_two_arm_experiment;
+use marquee_tests::private_redis::{free_port, PrivateRedis};
+use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use repositories::postgres::api_keys::{self, Role};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const POPULARITY_LIST: [i64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+const ALS_LIST: [i64; 10] = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20];
+
+async fn seed_catalog(stack: &TestStack) {
+    sqlx::query(
+        "INSERT INTO movies (id, title, genres) SELECT i, 'Movie ' || i, ARRAY['Drama'] FROM generate_series(1, 40) i",
+    )
+    .execute(&stack.stores.pg)
+    .await
+    .unwrap();
+}
+
+fn list(version: &str, ids: &[i64]) -> String {
+    serde_json::to_string(&PrecomputedList {
+        model_version: version.into(),
+        items: ids
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| ScoredItem {
+                movie_id: MovieId::parse(m).unwrap(),
+                score: 1.0 - i as f32 / 100.0,
+            })
+            .collect(),
+    })
+    .unwrap()
+}
+
+async fn put_lists(stack: &TestStack, users: &[String]) {
+    let mut conn = stack.stores.redis.conn().await.unwrap();
+    let keys = &stack.stores.redis.keys;
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.set(keys.recs("popularity", user), list("pop-v1", &POPULARITY_LIST));
+        pipe.set(keys.recs("als", user), list("als-v1", &ALS_LIST));
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+}
+
+async fn client_key(stack: &TestStack) -> String {
+    api_keys::create(&stack.stores.pg, Role::Client, "serving-test")
+        .await
+        .unwrap()
+        .1
+}
+
+async fn recommend(api: &TestApi, key: &str, user: &str, query: &str) -> (u16, Value) {
+    let response = api
+        .client
+        .get(api.url(&format!("/v1/users/{user}/recommendations{query}")))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn movie_ids(body: &Value) -> Vec<i64> {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["movie_id"].as_i64().unwrap())
+        .collect()
+}
+
+fn consumer(stack: &TestStack) -> StreamConsumer {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.settings.kafka_brokers)
+        .set("group.id", format!("serving-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&stack.settings.events_topic]).unwrap();
+    consumer
+}
+
+/// Read messages until `want` match or the time is up.
+async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !want(&seen) && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            if let Some(payload) = message.payload() {
+                seen.push(serde_json::from_slice(payload).unwrap());
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_come_from_the_arm_minus_seen_and_impressions_reach_kafka() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    create_two_arm_experiment(&stack, "home").await;
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
+    put_lists(&stack, &users).await;
+    // Every user has seen the second movie of both lists.
+    for user in &users {
+        for movie in [2_i64, 12] {
+            sqlx::query("INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())")
+                .bind(Uuid::new_v4())
+                .bind(user)
+                .bind(movie)
+                .execute(&stack.stores.pg)
+                .await
+                .unwrap();
+        }
+    }
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = client_key(&stack).await;
+    let kafka = consumer(&stack);
+
+    let mut by_arm: HashMap<String, usize> = HashMap::new();
+    let mut served = HashMap::new();
+    for user in &users {
+        let (status, body) = recommend(&api, &key, user, "?limit=5&experiment=home").await;
+        assert_eq!(status, 200, "{body}");
+        let arm = body["arm"].as_str().unwrap().to_owned();
+        let (algorithm, expected, version) = if arm == "control" {
+            ("popularity", vec![1, 3, 4, 5, 6], "pop-v1")
+        } else {
+            ("als", vec![11, 13, 14, 15, 16], "als-v1")
+        };
+        assert_eq!(body["algorithm"], algorithm, "{body}");
+        assert_eq!(body["experiment"], "home");
+        assert_eq!(movie_ids(&body), expected, "{body}");
+        assert_eq!(body["model_version"], version);
+        assert_eq!(body["items"][0]["title"], format!("Movie {}", expected[0]));
+        assert_eq!(body["items"][0]["position"], 0);
+        assert_eq!(body["items"][0]["source"], "model");
+        *by_arm.entry(arm).or_default() += 1;
+        served.insert(body["request_id"].as_str().unwrap().to_owned(), (user.clone(), expected));
+    }
+    assert_eq!(by_arm.len(), 2, "20 users at 50/50 land in both arms: {by_arm:?}");
+
+    let messages = read_until(&kafka, |seen| {
+        seen.iter().filter(|m| m["type"] == "impression").count() >= served.len()
+    })
+    .await;
+    let impressions: Vec<&Value> = messages.iter().filter(|m| m["type"] == "impression").collect();
+    assert_eq!(impressions.len(), served.len());
+    for impression in impressions {
+        let (user, expected) = &served[impression["request_id"].as_str().unwrap()];
+        assert_eq!(&impression["user_id"], user);
+        assert_eq!(impression["experiment"], "home");
+        let items: Vec<i64> = impression["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["movie_id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(&items, expected);
+        assert_eq!(impression["items"][1]["position"], 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_keeps_their_arm_when_weights_change_and_new_users_follow_them() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    create_two_arm_experiment(&stack, "home").await;
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = client_key(&stack).await;
+
+    // Find a user the 50/50 split puts in control.
+    let mut control_user = None;
+    for i in 0..50 {
+        let user = format!("early-{i}");
+        let (_, body) = recommend(&api, &key, &user, "?experiment=home").await;
+        if body["arm"] == "control" {
+            control_user = Some(user);
+            break;
+        }
+    }
+    let control_user = control_user.expect("someone lands in control at 50/50");
+    let recorded = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT arm_key FROM assignments WHERE experiment_key = 'home' AND user_id = $1",
+        )
+        .bind(&control_user)
+        .fetch_optional(&stack.stores.pg)
+        .await
+        .unwrap()
+        .as_deref()
+            == Some("control")
+    })
+    .await;
+    assert!(recorded, "the assignment is recorded off the request path");
+
+    // All new traffic to the treatment, announced the way workers announce it.
+    sqlx::query("UPDATE arms SET weight = CASE WHEN arm_key = 'control' THEN 0 ELSE 1 END WHERE experiment_key = 'home'")
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+    let mut conn = stack.stores.redis.conn().await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(stack.stores.redis.keys.weights_channel())
+        .arg("home")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let reloaded = eventually(Duration::from_secs(1), || async {
+        recommend(&api, &key, "probe-new-user", "?experiment=home").await.1["arm"] == "treatment"
+    })
+    .await;
+    assert!(reloaded, "weights reload within 1 s of the pub/sub message");
+    for i in 0..30 {
+        let (_, body) = recommend(&api, &key, &format!("late-{i}"), "?experiment=home").await;
+        assert_eq!(body["arm"], "treatment", "new users follow the new weights");
+    }
+    let (_, body) = recommend(&api, &key, &control_user, "?experiment=home").await;
+    assert_eq!(body["arm"], "control", "the recorded arm sticks: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_events_reach_kafka_and_invalid_ones_are_reported_by_index() {
+    let stack = TestStack::fresh().await;
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = client_key(&stack).await;
+    let kafka = consumer(&stack);
+    let good = [Uuid::new_v4(), Uuid::new_v4()];
+    let response = api
+        .client
+        .post(api.url("/v1/events"))
+        .header("x-api-key", &key)
+        .json(&json!({"events": [
+            {"event_id": good[0], "type": "click", "user_id": "u1", "movie_id": 3, "request_id": Uuid::new_v4()},
+            {"event_id": "nope", "type": "click", "user_id": "u1", "movie_id": 3},
+            {"event_id": good[1], "type": "conversion", "user_id": "u2", "value": 9.99},
+            {"event_id": Uuid::new_v4(), "type": "like", "user_id": "u1"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["accepted"], 2, "{body}");
+    assert_eq!(body["rejected"], 2);
+    assert_eq!(body["errors"][0]["index"], 1);
+    assert_eq!(body["errors"][0]["field"], "event_id");
+    assert_eq!(body["errors"][1]["index"], 3);
+    assert_eq!(body["errors"][1]["field"], "movie_id");
+
+    let messages = read_until(&kafka, |seen| seen.len() >= 2).await;
+    let mut ids: Vec<String> = messages.iter().map(|m| m["event_id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = good.iter().map(Uuid::to_string).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "exactly the valid events, with the client's own ids");
+
+    // A batch with no valid event is a 400 that still lists every reason.
+    let response = api
+        .client
+        .post(api.url("/v1/events"))
+        .header("x-api-key", &key)
+        .json(&json!({"events": [{"type": "click"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "events[0].event_id", "{body}");
+    assert_eq!(body["errors"][0]["field"], "event_id");
+}
+
+async fn dropped_impressions(api: &TestApi) -> f64 {
+    let text = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("marquee_impressions_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kafka_down_recommendations_still_answer_and_drops_are_counted() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    create_two_arm_experiment(&stack, "home").await;
+    put_lists(&stack, &["k-user".to_owned()]).await;
+    let dead = free_port();
+    let api = spawn_api(&stack, |config| {
+        config.stack.kafka_brokers = format!("127.0.0.1:{dead}");
+        config.stack.store_timeout_ms = 500;
+        // A queue of one: the second impression already finds it full.
+        config.impression_queue = 1;
+    })
+    .await;
+    let key = client_key(&stack).await;
+    let before = dropped_impressions(&api).await;
+    for _ in 0..5 {
+        let (status, body) = recommend(&api, &key, "k-user", "?experiment=home").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(movie_ids(&body).len(), 10);
+    }
+    let counted = eventually(Duration::from_secs(10), || async {
+        dropped_impressions(&api).await > before
+    })
+    .await;
+    assert!(counted, "dropped impressions are counted in /metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_recommendations_fall_back_to_popular_from_postgres() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    create_two_arm_experiment(&stack, "home").await;
+    // Movie 33 is the most viewed, then 34.
+    for (movie, views) in [(33_i64, 3), (34, 2)] {
+        for _ in 0..views {
+            sqlx::query("INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, 'someone', $2, now())")
+                .bind(Uuid::new_v4())
+                .bind(movie)
+                .execute(&stack.stores.pg)
+                .await
+                .unwrap();
+        }
+    }
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port, std::env::temp_dir().join(format!("marquee-redis-{}", stack.id)));
+    let api = spawn_api(&stack, |config| {
+        config.stack.redis_url = format!("redis://127.0.0.1:{port}");
+    })
+    .await;
+    let key = client_key(&stack).await;
+    let up = eventually(Duration::from_secs(10), || async {
+        recommend(&api, &key, "r-user", "?experiment=home").await.0 == 200
+    })
+    .await;
+    assert!(up);
+
+    redis.stop();
+    let (status, body) = recommend(&api, &key, "r-user", "?limit=3&experiment=home").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(movie_ids(&body)[..2], [33, 34], "{body}");
+    assert_eq!(body["items"][0]["source"], "popular");
+}
