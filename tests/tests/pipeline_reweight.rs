@@ -12,7 +12,8 @@ use futures::StreamExt;
 use marquee_tests::worker_harness::{
     action, impression, items, produce_events, producer, spawn_worker,
 };
-use marquee_tests::TestStack;
+use marquee_tests::{spawn_api, TestStack};
+use repositories::postgres::api_keys::{self, Role};
 use serde_json::Value;
 
 async fn weight(stack: &TestStack, arm: &str) -> f64 {
@@ -40,6 +41,13 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
     .execute(&stack.stores.pg)
     .await
     .unwrap();
+
+    // An api replica that must follow the new weights for new users.
+    let api = spawn_api(&stack, |_| {}).await;
+    let client_key = api_keys::create(&stack.stores.pg, Role::Client, "reweight-test")
+        .await
+        .unwrap()
+        .1;
 
     // Listen for the reload notice api replicas get.
     let client = redis::Client::open(stack.settings.redis_url.as_str()).unwrap();
@@ -118,6 +126,25 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
         .expect("a reload notice was published")
         .unwrap();
     assert_eq!(notice.get_payload::<String>().unwrap(), "bandit");
+
+    // New users now mostly land in b: the api reloaded the published weights.
+    let mut in_b = 0;
+    for u in 0..40 {
+        let body: Value = api
+            .client
+            .get(api.url(&format!("/v1/users/new-user-{u}/recommendations?experiment=bandit")))
+            .header("x-api-key", &client_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["arm"] == "b" {
+            in_b += 1;
+        }
+    }
+    assert!(in_b >= 28, "only {in_b} of 40 new users were served b at weight {b}");
 
     // History: one row per arm per run, with the posterior; runs at least an interval apart.
     let runs: Vec<(DateTime<Utc>, i64, Option<Value>)> = sqlx::query_as(
