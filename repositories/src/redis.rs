@@ -140,3 +140,48 @@ impl RedisStore {
         crate::error::with_timeout("redis get", self.timeout, fut).await
     }
 }
+
+/// Precomputed lists per pipeline round trip: a few hundred KB, so one slow
+/// chunk never holds the connection past the call timeout.
+const RECS_CHUNK: usize = 1_000;
+
+impl RedisStore {
+    /// Store precomputed lists `(user_id, json)` of `algorithm` with pipelined
+    /// SETs, in chunks; `None` deletes the user's list (the model has no opinion,
+    /// so the api falls back rather than serving an older model's list).
+    /// Lists of users not named are left as they are.
+    pub async fn put_recs_lists(
+        &self,
+        algorithm: &str,
+        lists: &[(String, Option<String>)],
+    ) -> RepoResult<()> {
+        if lists.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        for chunk in lists.chunks(RECS_CHUNK) {
+            let mut pipe = deadpool_redis::redis::pipe();
+            for (user_id, json) in chunk {
+                let key = self.keys.recs(algorithm, user_id);
+                match json {
+                    Some(json) => pipe.set(key, json).ignore(),
+                    None => pipe.del(key).ignore(),
+                };
+            }
+            let fut = pipe.query_async::<()>(&mut conn);
+            crate::error::with_timeout("redis recs write", self.timeout, fut).await?;
+        }
+        Ok(())
+    }
+
+    /// The model version whose lists `recs:{algorithm}:*` were last completed.
+    pub async fn recs_version(&self, algorithm: &str) -> RepoResult<Option<String>> {
+        self.get(&self.keys.recs_version(algorithm)).await
+    }
+
+    /// Record that every list of `algorithm` now comes from `version`.
+    pub async fn set_recs_version(&self, algorithm: &str, version: &str) -> RepoResult<()> {
+        self.set(&self.keys.recs_version(algorithm), version, None)
+            .await
+    }
+}

@@ -1,7 +1,9 @@
 //! PostgreSQL: the source of truth for movies, history, experiments, models and keys.
 
 pub mod api_keys;
+pub mod bulk;
 pub mod ingest;
+pub mod models;
 pub mod reweight;
 pub mod serving;
 
