@@ -15,7 +15,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -128,12 +128,26 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(path_error(rejection)),
+            Err(rejection) => {
+                // Errors raised by the value's own Deserialize (a bad uuid, say)
+                // carry no key; on a one-parameter route the key is known anyway.
+                let only_param = RawPathParams::from_request_parts(parts, state)
+                    .await
+                    .ok()
+                    .and_then(|params| {
+                        let mut keys = params.iter().map(|(k, _)| k.to_owned());
+                        match (keys.next(), keys.next()) {
+                            (Some(key), None) => Some(key),
+                            _ => None,
+                        }
+                    });
+                Err(path_error(rejection, only_param))
+            }
         }
     }
 }
 
-fn path_error(rejection: PathRejection) -> ApiError {
+fn path_error(rejection: PathRejection, only_param: Option<String>) -> ApiError {
     use axum::extract::path::ErrorKind;
     let PathRejection::FailedToDeserializePathParams(failed) = rejection else {
         // Only reachable when a handler is mounted on a route without the
@@ -154,7 +168,7 @@ fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::BadRequest {
         code: "invalid_path",
         message,
-        field: field.or_else(|| Some("path".into())),
+        field: field.or(only_param).or_else(|| Some("path".into())),
     }
 }
 
@@ -193,9 +207,13 @@ fn data_error(path: &str, message: &str) -> ApiError {
     }
 }
 
+/// `path.name`, unless the path already ends with the name (serde_path_to_error
+/// records an unknown key before the error is raised, but not a missing one).
 fn join_path(path: &str, name: &str) -> String {
-    if path == "." || path.is_empty() {
+    if path == "." || path.is_empty() || path == name {
         name.to_owned()
+    } else if path.ends_with(&format!(".{name}")) {
+        path.to_owned()
     } else {
         format!("{path}.{name}")
     }
@@ -270,8 +288,19 @@ mod tests {
             field_of(r#"{"key":"a","arms":[{"key":"x","weight":1,"extra":true}]}"#),
             ("unknown_field".into(), Some("arms[0].extra".into()))
         );
-        assert_eq!(field_of("[1,2]"), ("invalid_field".into(), Some("body".into())));
-        assert_eq!(field_of("{not json"), ("invalid_json".into(), Some("body".into())));
+        assert_eq!(
+            field_of("42"),
+            ("invalid_field".into(), Some("body".into()))
+        );
+        // serde lets a struct be written as an array; the path then says where.
+        assert_eq!(
+            field_of("[1]"),
+            ("invalid_field".into(), Some("[0]".into()))
+        );
+        assert_eq!(
+            field_of("{not json"),
+            ("invalid_json".into(), Some("body".into()))
+        );
         assert_eq!(
             field_of(r#"{"key":"a","arms":[]} trailing"#),
             ("invalid_json".into(), Some("body".into()))
