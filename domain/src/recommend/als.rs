@@ -1659,6 +1659,47 @@ mod tests {
         assert_eq!(model.top_n_all(5).count(), 0);
     }
 
+    /// A binary matrix of rank exactly 2, with overlap: users of type A watch
+    /// movies 0..4, type B movies 4..8, type C everything (C = A + B). With as
+    /// many factors as the rank and almost no penalty, the exact solver must
+    /// give back the preferences themselves: ~1 where watched, ~0 elsewhere.
+    #[test]
+    fn reconstructs_a_rank_two_matrix() {
+        let (n_items, per_type) = (8, 4);
+        let watches = |u: usize, i: usize| match u / per_type {
+            0 => i < 4,
+            1 => i >= 4,
+            _ => true,
+        };
+        let mut data = Dataset::new();
+        for u in 0..3 * per_type {
+            for i in 0..n_items {
+                if watches(u, i) {
+                    data.push(&uid(u), mid(i), InteractionKind::View, 0);
+                }
+            }
+        }
+        let model = fit(
+            &data,
+            &AlsParams {
+                factors: 2,
+                regularization: 1e-4,
+                alpha: 4.0,
+                iterations: 50,
+                solver: Solver::Cholesky,
+                threads: 1,
+                ..AlsParams::default()
+            },
+        );
+        for u in 0..3 * per_type {
+            for i in 0..n_items {
+                let want = if watches(u, i) { 1.0 } else { 0.0 };
+                let got = model.score(&uid(u), mid(i)).unwrap();
+                assert!((got - want).abs() < 0.05, "user {u} movie {i}: {got} vs {want}");
+            }
+        }
+    }
+
     /// Timing on synthetic power-law data; run with
     /// `cargo test --release -p domain als_timing -- --ignored --nocapture`
     /// (`ALS_BENCH_SCALE=10` gives ~200k users × 20k items × 10M interactions).
