@@ -5,6 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{events, health, metrics, recommendations};
+use crate::routes::models;
 
 /// Marquee's API description, served at `/openapi.json` and browsed at `/docs`.
 #[derive(OpenApi)]
@@ -13,15 +14,18 @@ use crate::routes::{events, health, metrics, recommendations};
     paths(
         health::live, health::ready, metrics::render,
         recommendations::recommendations, events::post_events,
+        models::list_models, models::activate_model,
     ),
     components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
         recommendations::Recommendations, recommendations::RecommendedItem,
         events::EventBatch, events::EventError, events::EventsAccepted, events::EventsRejected,
+        models::ModelList, models::ModelVersion,
     )),
     modifiers(&ApiKeyAuth),
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "serving", description = "Recommendations and event intake (client role)"),
+        (name = "models", description = "Trained model versions and rollback (admin role)"),
     ),
 )]
 pub struct ApiDoc;

@@ -4,6 +4,7 @@ pub mod dashboard;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod models;
 pub mod recommendations;
 pub mod results;
 
@@ -26,6 +27,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/experiments/{key}/results",
             get(results::experiment_results),
+        )
+        .route("/v1/models", get(models::list_models))
+        .route(
+            "/v1/models/{algorithm}/{version}/activate",
+            post(models::activate_model),
         )
         .route("/v1/dashboard/experiments", get(dashboard::experiments))
         .route("/dashboard", get(dashboard::page))
