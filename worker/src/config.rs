@@ -77,6 +77,21 @@ pub struct WorkerConfig {
     /// Port of `/metrics` and `/health/live`; 0 picks a free one.
     #[arg(long, env = "MARQUEE_WORKER_METRICS_PORT", default_value_t = 9091)]
     pub metrics_port: u16,
+    /// Seconds between checks of the active model version of each algorithm
+    /// (a change is loaded from S3 and precomputed into Redis).
+    #[arg(long, env = "MARQUEE_WORKER_MODEL_POLL_S", default_value_t = 10)]
+    pub model_poll_s: u64,
+    /// Length of each precomputed recommendation list.
+    #[arg(long, env = "MARQUEE_WORKER_MODEL_TOP_N", default_value_t = 50)]
+    pub model_top_n: usize,
+    /// Users with a view or like within this many seconds of the newest one get
+    /// precomputed lists (the default covers the synthetic data's last 60 days).
+    #[arg(
+        long,
+        env = "MARQUEE_WORKER_MODEL_ACTIVE_WINDOW_S",
+        default_value_t = 5_184_000
+    )]
+    pub model_active_window_s: u64,
     /// Run migrations at startup.
     #[arg(long, env = "MARQUEE_WORKER_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
@@ -97,5 +112,13 @@ impl WorkerConfig {
 
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    pub fn model_loop(&self) -> crate::models::ModelLoopSettings {
+        crate::models::ModelLoopSettings {
+            poll: Duration::from_secs(self.model_poll_s.max(1)),
+            top_n: self.model_top_n.max(1),
+            active_window: Duration::from_secs(self.model_active_window_s),
+        }
     }
 }

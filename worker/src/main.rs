@@ -40,6 +40,43 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         count: u64,
     },
+    /// Write a deterministic synthetic catalog and view/like history (PostgreSQL and ClickHouse).
+    Seed(marquee_worker::seed::SeedArgs),
+    /// Load a MovieLens directory (movies.csv + ratings.csv, or ml-100k's u.item + u.data).
+    ImportMovielens {
+        /// Directory holding the unpacked dataset.
+        dir: std::path::PathBuf,
+    },
+    /// Fit, evaluate, store in S3, register and (unless --no-activate) activate a model.
+    Train(marquee_worker::train::TrainArgs),
+}
+
+/// Stores for a one-shot command, migrated first (unless migrations at start are off).
+async fn command_stores(config: &WorkerConfig) -> anyhow::Result<Stores> {
+    let limit = std::time::Duration::from_secs(config.startup_timeout_s);
+    let stores = Stores::open(&config.stack).context("opening store clients")?;
+    if config.migrate_on_start {
+        migrate_with_retry(&stores, limit).await?;
+    }
+    Ok(stores)
+}
+
+fn print_load(
+    what: &str,
+    summary: &marquee_worker::seed::LoadSummary,
+    started: std::time::Instant,
+) {
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{what}: {} interactions in {seconds:.1}s ({:.0}/s); new: {} movies, {} users, {} views+likes in postgres, {} events in clickhouse ({} chunks already there)",
+        summary.interactions,
+        summary.interactions as f64 / seconds.max(1e-9),
+        summary.movies,
+        summary.users,
+        summary.history_written,
+        summary.events_written,
+        summary.chunks_skipped,
+    );
 }
 
 #[tokio::main]
@@ -89,6 +126,43 @@ async fn main() -> anyhow::Result<()> {
                     100.0 * ctr
                 );
             }
+            Ok(())
+        }
+        Command::Seed(args) => {
+            let stores = command_stores(&cli.config).await?;
+            let started = std::time::Instant::now();
+            let summary = marquee_worker::seed::seed(&stores, args.size, args.seed, true).await?;
+            print_load(
+                &format!("seeded {:?} (seed {})", args.size, args.seed),
+                &summary,
+                started,
+            );
+            Ok(())
+        }
+        Command::ImportMovielens { dir } => {
+            let stores = command_stores(&cli.config).await?;
+            let started = std::time::Instant::now();
+            let summary = marquee_worker::seed::import_movielens(&stores, &dir, true).await?;
+            print_load(&format!("imported {}", dir.display()), &summary, started);
+            Ok(())
+        }
+        Command::Train(args) => {
+            let stores = command_stores(&cli.config).await?;
+            let started = std::time::Instant::now();
+            let outcome = marquee_worker::train::train(&stores, &args, &|line| {
+                println!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64())
+            })
+            .await?;
+            println!(
+                "trained {} {} in {:.1}s (load {:.1}s, hold-out fit {:.2}s, final fit {:.2}s); metrics: {}",
+                outcome.manifest.algorithm,
+                outcome.manifest.version,
+                started.elapsed().as_secs_f64(),
+                outcome.load_seconds,
+                outcome.eval_fit_seconds,
+                outcome.fit_seconds,
+                serde_json::to_string(&outcome.manifest.metrics)?,
+            );
             Ok(())
         }
         Command::BenchConsume { count } => {

@@ -25,6 +25,7 @@ use crate::config::WorkerConfig;
 use crate::consumer::{EventConsumer, Pipeline, PipelineSettings, Sinks};
 use crate::dlq::DeadLetterQueue;
 use crate::loops::{hot_movies_loop, lag_loop, Reweighter};
+use crate::models::ModelLoop;
 use crate::telemetry;
 
 /// A worker that reached all five dependencies, migrated and subscribed.
@@ -149,6 +150,7 @@ impl Worker {
                 config.hot_movies_limit,
                 shutdown.clone(),
             )),
+            tokio::spawn(ModelLoop::new(stores.clone(), config.model_loop()).run(shutdown.clone())),
             tokio::spawn(lag_loop(
                 Arc::downgrade(&consumer),
                 kafka.events_topic.clone(),
