@@ -2,6 +2,8 @@
 
 pub mod api_keys;
 pub mod bulk;
+pub mod catalog;
+pub mod experiments;
 pub mod ingest;
 pub mod models;
 pub mod reweight;
