@@ -27,8 +27,14 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(String),
+    /// A 404 that names the path or body field holding the unknown reference.
+    #[error("{what} not found")]
+    NotFoundAt { field: String, what: String },
     #[error("{0}")]
     Conflict(String),
+    /// A 409 that names the field whose state refuses the change.
+    #[error("{message}")]
+    ConflictAt { field: String, message: String },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -63,6 +69,22 @@ impl ApiError {
         }
     }
 
+    /// 404 naming `field`, e.g. `not_found("key", "experiment home")`.
+    pub fn not_found(field: impl Into<String>, what: impl Into<String>) -> Self {
+        Self::NotFoundAt {
+            field: field.into(),
+            what: what.into(),
+        }
+    }
+
+    /// 409 naming `field`, e.g. `conflict("status", "a running experiment's arms cannot change")`.
+    pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::ConflictAt {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
         match self {
             Self::Validation(e) => (
@@ -78,7 +100,13 @@ impl ApiError {
             ),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", Some("x-api-key".into())),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            Self::NotFoundAt { field, .. } => {
+                (StatusCode::NOT_FOUND, "not_found", Some(field.clone()))
+            }
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            Self::ConflictAt { field, .. } => {
+                (StatusCode::CONFLICT, "conflict", Some(field.clone()))
+            }
             Self::PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

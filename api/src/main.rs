@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 use marquee_api::config::ApiConfig;
 use marquee_api::startup::{migrate_with_retry, Application};
 use marquee_api::telemetry;
+use repositories::postgres::{self, api_keys, api_keys::Role};
 use repositories::stores::Stores;
+use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(name = "api", version, about = "Marquee's HTTP API")]
@@ -22,6 +24,34 @@ enum Command {
     Serve,
     /// Apply PostgreSQL and ClickHouse migrations, create Kafka topics and the S3 bucket, then exit.
     Migrate,
+    /// Create or revoke API keys (stored as hashes in PostgreSQL).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once; the last line of output is the key alone.
+    Create {
+        /// client (recommendations, events), analyst (results) or admin (everything).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A label for whoever holds the key.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Revoke a key by id; the api stops accepting it within its key-cache lifetime (30 s).
+    Revoke {
+        /// The id printed by `keys create`.
+        id: Uuid,
+    },
+}
+
+fn parse_role(value: &str) -> Result<Role, String> {
+    Role::parse(value)
+        .ok_or_else(|| format!("unknown role {value:?}: use client, analyst or admin"))
 }
 
 #[tokio::main]
@@ -37,6 +67,34 @@ async fn main() -> anyhow::Result<()> {
             let stores = Stores::open(&cli.config.stack).context("opening store clients")?;
             migrate_with_retry(&stores).await?;
             println!("migrations applied: postgres, clickhouse, kafka topics, s3 bucket");
+            Ok(())
+        }
+        Command::Keys { command } => {
+            let pool = postgres::connect_lazy(&cli.config.stack.postgres())
+                .context("opening the PostgreSQL pool")?;
+            // Keys may be made before the api first starts (scripts do), so
+            // bring the schema up to date first; idempotent.
+            postgres::migrate(&pool)
+                .await
+                .context("migrating PostgreSQL")?;
+            match command {
+                KeysCommand::Create { role, name } => {
+                    let (id, key) = api_keys::create(&pool, role, &name)
+                        .await
+                        .context("creating the key")?;
+                    println!(
+                        "created {} key {id} (name {name:?}); it is shown only now:",
+                        role.as_str()
+                    );
+                    println!("{key}");
+                }
+                KeysCommand::Revoke { id } => {
+                    api_keys::revoke(&pool, id)
+                        .await
+                        .with_context(|| format!("revoking key {id}"))?;
+                    println!("revoked key {id}");
+                }
+            }
             Ok(())
         }
     }

@@ -6,6 +6,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{events, health, metrics, recommendations};
 use crate::routes::models;
+use crate::routes::{algorithms, experiments, keys, movies, users};
 
 /// Marquee's API description, served at `/openapi.json` and browsed at `/docs`.
 #[derive(OpenApi)]
@@ -15,6 +16,10 @@ use crate::routes::models;
         health::live, health::ready, metrics::render,
         recommendations::recommendations, events::post_events,
         models::list_models, models::activate_model,
+        movies::create, movies::bulk_upsert, movies::get, movies::list, users::history,
+        experiments::create, experiments::get, experiments::list, experiments::start,
+        experiments::stop, experiments::replace_arms, experiments::weights,
+        algorithms::list, keys::create, keys::revoke,
     ),
     components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
         recommendations::Recommendations, recommendations::RecommendedItem,
@@ -25,6 +30,9 @@ use crate::routes::models;
     tags(
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "serving", description = "Recommendations and event intake (client role)"),
+        (name = "catalog", description = "Movies and users' history (admin role)"),
+        (name = "experiments", description = "Experiments, arms, weights and algorithms (admin role; analysts may read experiments)"),
+        (name = "keys", description = "API keys (admin role)"),
         (name = "models", description = "Trained model versions and rollback (admin role)"),
     ),
 )]

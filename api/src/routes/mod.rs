@@ -1,14 +1,19 @@
 //! HTTP routes, one module per resource.
 
+pub mod algorithms;
 pub mod dashboard;
 pub mod events;
+pub mod experiments;
 pub mod health;
+pub mod keys;
 pub mod metrics;
 pub mod models;
+pub mod movies;
 pub mod recommendations;
 pub mod results;
+pub mod users;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::state::AppState;
@@ -33,6 +38,23 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{algorithm}/{version}/activate",
             post(models::activate_model),
         )
+        // Admin: catalog, history, experiments, algorithms, keys.
+        .route("/v1/movies", get(movies::list).post(movies::create))
+        .route("/v1/movies/bulk", post(movies::bulk_upsert))
+        .route("/v1/movies/{id}", get(movies::get))
+        .route("/v1/users/{user_id}/history", get(users::history))
+        .route(
+            "/v1/experiments",
+            get(experiments::list).post(experiments::create),
+        )
+        .route("/v1/experiments/{key}", get(experiments::get))
+        .route("/v1/experiments/{key}/start", post(experiments::start))
+        .route("/v1/experiments/{key}/stop", post(experiments::stop))
+        .route("/v1/experiments/{key}/arms", put(experiments::replace_arms))
+        .route("/v1/experiments/{key}/weights", get(experiments::weights))
+        .route("/v1/algorithms", get(algorithms::list))
+        .route("/v1/keys", post(keys::create))
+        .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/dashboard/experiments", get(dashboard::experiments))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/assets/dashboard.js", get(dashboard::script))
