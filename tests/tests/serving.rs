@@ -223,8 +223,18 @@ async fn a_user_keeps_their_arm_when_weights_change_and_new_users_follow_them() 
         .await
         .unwrap();
 
+    // A fresh user per probe: a probe served before the reload would stick to its arm.
+    let probes = std::sync::atomic::AtomicUsize::new(0);
     let reloaded = eventually(Duration::from_secs(1), || async {
-        recommend(&api, &key, "probe-new-user", "?experiment=home").await.1["arm"] == "treatment"
+        // Eight new users in a row in the treatment: 1 in 256 under the old 50/50 weights.
+        for _ in 0..8 {
+            let n = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let user = format!("probe-{n}");
+            if recommend(&api, &key, &user, "?experiment=home").await.1["arm"] != "treatment" {
+                return false;
+            }
+        }
+        true
     })
     .await;
     assert!(reloaded, "weights reload within 1 s of the pub/sub message");
