@@ -22,10 +22,13 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Bound on cached lookups, so random keys from an attacker cannot grow memory without end.
 const KEY_CACHE_MAX: usize = 10_000;
 
-/// Cache of key hash → role (or None for a key known to be invalid).
+/// One cached lookup: the key found (None: known to be invalid) and when.
+type CachedLookup = (Option<StoredKey>, Instant);
+
+/// Cache of key hash → lookup result.
 #[derive(Clone, Default)]
 pub struct KeyCache {
-    entries: Arc<RwLock<HashMap<String, (Option<StoredKey>, Instant)>>>,
+    entries: Arc<RwLock<HashMap<String, CachedLookup>>>,
 }
 
 impl KeyCache {
@@ -73,7 +76,7 @@ fn presented_key(parts: &Parts) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().strip_prefix("marquee_key="))
-        .map(|v| percent_decode(v))
+        .map(percent_decode)
         .next()
 }
 

@@ -35,6 +35,8 @@ pub enum ApiError {
     /// A 409 that names the field whose state refuses the change.
     #[error("{message}")]
     ConflictAt { field: String, message: String },
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -107,6 +109,11 @@ impl ApiError {
             Self::ConflictAt { field, .. } => {
                 (StatusCode::CONFLICT, "conflict", Some(field.clone()))
             }
+            Self::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                Some("method".into()),
+            ),
             Self::PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

@@ -11,7 +11,11 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("MARQUEE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    // Logs go to stderr so that stdout carries only a command's answer (`api keys create`).
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(std::io::stderr);
     let _ = if json {
         builder
             .json()

@@ -16,6 +16,7 @@ pub mod users;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Every route of the api.
@@ -59,5 +60,16 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/assets/dashboard.js", get(dashboard::script))
         .route("/dashboard/assets/dashboard.css", get(dashboard::style))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
+}
+
+/// Unknown paths answer with the api's JSON error body, like every other error.
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found("path", format!("route {}", uri.path()))
+}
+
+async fn wrong_method(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
 }

@@ -119,7 +119,7 @@ pub async fn recommendations(
         Some(key) => Some(
             experiments
                 .get(key)
-                .ok_or_else(|| ApiError::NotFound(format!("experiment {key}")))?,
+                .ok_or_else(|| ApiError::not_found("experiment", format!("experiment {key}")))?,
         ),
         None => ExperimentKey::parse(state.config.default_experiment.clone())
             .ok()
