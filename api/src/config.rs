@@ -37,6 +37,14 @@ pub struct ApiConfig {
     /// past it the answer degrades (fallback lists, no seen-filter) instead of waiting.
     #[arg(long, env = "MARQUEE_SERVING_TIMEOUT_MS", default_value_t = 250)]
     pub serving_timeout_ms: u64,
+    /// How long a user's sticky arm and seen movies are reused from process
+    /// memory before PostgreSQL is asked again, in milliseconds (0: always ask).
+    /// A view newer than this may not yet be filtered out of the hot fallbacks.
+    #[arg(long, env = "MARQUEE_USER_CACHE_TTL_MS", default_value_t = 10_000)]
+    pub user_cache_ttl_ms: u64,
+    /// Most users kept in that cache.
+    #[arg(long, env = "MARQUEE_USER_CACHE_CAPACITY", default_value_t = 200_000)]
+    pub user_cache_capacity: u64,
     /// Milliseconds between reloads of `hot:movies` into process memory.
     #[arg(long, env = "MARQUEE_HOT_REFRESH_MS", default_value_t = 1000)]
     pub hot_refresh_ms: u64,

@@ -25,7 +25,7 @@ use crate::config::ApiConfig;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::serving::background::{self, RefreshIntervals};
-use crate::serving::Serving;
+use crate::serving::{Serving, UserCacheSettings};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -59,6 +59,10 @@ impl Application {
             PgServing::new(stores.pg.clone(), config.stack.timeout().max(timeout)),
             producer,
             config.impression_queue,
+            UserCacheSettings {
+                ttl: Duration::from_millis(config.user_cache_ttl_ms),
+                capacity: config.user_cache_capacity,
+            },
         );
         let serving = Arc::new(serving);
         background::warm(&serving, &stores.redis).await;

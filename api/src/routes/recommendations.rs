@@ -1,9 +1,9 @@
 //! `GET /v1/users/{user_id}/recommendations`: assign, look up, compose, emit.
 //!
 //! The request path makes two reads in parallel (one Redis MGET of every
-//! arm's list, one PostgreSQL query for the sticky arm and seen movies), each
-//! under a short time limit; whichever fails degrades the answer instead of
-//! failing it. Impressions and new assignments leave through bounded queues.
+//! arm's list, and the sticky arm and seen movies: from process memory for a
+//! returning user, else one PostgreSQL query), each under a short time limit;
+//! whichever fails degrades the answer instead of failing it. Impressions and new assignments leave through bounded queues.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,9 +12,10 @@ use axum::extract::State;
 use axum::Json;
 use chrono::Utc;
 use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
-use domain::experiment::{assign, Experiment, ExperimentStatus};
+use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
 use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
 use domain::serving::{compose, ItemSource};
+use domain::recommend::PrecomputedList;
 use repositories::postgres::serving::{NewAssignment, UserContext};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -129,56 +130,24 @@ pub async fn recommendations(
     let running = plan.experiment.filter(|e| e.status() == ExperimentStatus::Running);
 
     let limit_time = Duration::from_millis(state.config.serving_timeout_ms);
-    let (lists, context) = tokio::join!(
-        tokio::time::timeout(
-            limit_time,
-            state.stores.redis.serving_lists(&plan.algorithms, user.as_str())
-        ),
-        tokio::time::timeout(
-            limit_time,
-            serving.pg.user_context(running.map(Experiment::key), &user)
-        ),
-    );
-    let lists = match lists {
-        Ok(Ok(lists)) => lists,
-        Ok(Err(e)) => {
-            metrics::counter!("marquee_recs_cache_total", "result" => "error").increment(1);
-            tracing::warn!(error = %e, "reading precomputed lists failed; serving fallbacks");
-            vec![None; plan.algorithms.len()]
+    let experiment_key = running.map(Experiment::key);
+    let (context, fetched, lists) = match serving.cached_context(experiment_key, &user) {
+        // A returning user's arm is known before Redis is asked: fetch only its list.
+        Some(context) => {
+            let algorithm = served_by(&plan, running, &user, &context).2;
+            let lists = read_lists(&state, &[algorithm], &user, limit_time).await;
+            (context, vec![algorithm], lists)
         }
-        Err(_) => {
-            metrics::counter!("marquee_recs_cache_total", "result" => "timeout").increment(1);
-            tracing::warn!("reading precomputed lists timed out; serving fallbacks");
-            vec![None; plan.algorithms.len()]
+        None => {
+            let (lists, context) = tokio::join!(
+                read_lists(&state, &plan.algorithms, &user, limit_time),
+                serving.user_context(experiment_key, &user, limit_time),
+            );
+            (context, plan.algorithms.clone(), lists)
         }
     };
-    let context = match context {
-        Ok(Ok(context)) => context,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "reading the user's arm and history failed; serving unfiltered");
-            UserContext::default()
-        }
-        Err(_) => {
-            tracing::warn!("reading the user's arm and history timed out; serving unfiltered");
-            UserContext::default()
-        }
-    };
-
-    // Who is served what: the sticky or hashed arm of a running experiment,
-    // else the control's algorithm (draft, stopped, or outside coverage).
-    let assignment = running.and_then(|e| assign(e, &user, context.sticky_arm.as_ref()));
-    let (arm, algorithm): (Option<&ArmKey>, &str) = match (plan.experiment, &assignment) {
-        (Some(e), Some(a)) => (
-            Some(&a.arm),
-            e.arms()
-                .get(a.arm_index)
-                .map_or(DEFAULT_ALGORITHM, |arm| arm.algorithm.as_str()),
-        ),
-        (Some(e), None) => (None, e.control().algorithm.as_str()),
-        (None, _) => (None, DEFAULT_ALGORITHM),
-    };
-    let list = plan
-        .algorithms
+    let (assignment, arm, algorithm) = served_by(&plan, running, &user, &context);
+    let list = fetched
         .iter()
         .position(|a| *a == algorithm)
         .and_then(|i| lists.get(i).cloned().flatten());
@@ -206,11 +175,14 @@ pub async fn recommendations(
 
     if let (Some(e), Some(a)) = (running, &assignment) {
         if !a.sticky {
-            serving.record_assignment(NewAssignment {
-                experiment: e.key().clone(),
-                user_id: user.clone(),
-                arm: a.arm.clone(),
-            });
+            serving.record_assignment(
+                NewAssignment {
+                    experiment: e.key().clone(),
+                    user_id: user.clone(),
+                    arm: a.arm.clone(),
+                },
+                &context,
+            );
         }
         if !chosen.is_empty() {
             if let Ok(algorithm_key) = AlgorithmKey::parse(algorithm) {
@@ -241,11 +213,58 @@ pub async fn recommendations(
     Ok(Json(Recommendations {
         request_id,
         experiment: plan.experiment.map(|e| e.key().to_string()),
-        arm: arm.map(ToString::to_string),
+        arm: arm.map(String::from),
         algorithm: algorithm.to_owned(),
         model_version,
         items,
     }))
+}
+
+/// The user's assignment (in a running experiment), arm and algorithm: the
+/// sticky or hashed arm of a running experiment, else the control's algorithm
+/// (draft, stopped, or outside coverage), else the default algorithm.
+fn served_by<'a>(
+    plan: &Plan<'a>,
+    running: Option<&'a Experiment>,
+    user: &UserId,
+    context: &UserContext,
+) -> (Option<Assignment>, Option<ArmKey>, &'a str) {
+    let assignment = running.and_then(|e| assign(e, user, context.sticky_arm.as_ref()));
+    let (arm, algorithm) = match (plan.experiment, &assignment) {
+        (Some(e), Some(a)) => (
+            Some(a.arm.clone()),
+            e.arms()
+                .get(a.arm_index)
+                .map_or(DEFAULT_ALGORITHM, |arm| arm.algorithm.as_str()),
+        ),
+        (Some(e), None) => (None, e.control().algorithm.as_str()),
+        (None, _) => (None, DEFAULT_ALGORITHM),
+    };
+    (assignment, arm, algorithm)
+}
+
+/// The precomputed lists of `algorithms` for `user`; all `None` (fallbacks
+/// serve) when Redis fails or is slower than `limit`.
+async fn read_lists(
+    state: &AppState,
+    algorithms: &[&str],
+    user: &UserId,
+    limit: Duration,
+) -> Vec<Option<PrecomputedList>> {
+    let read = state.stores.redis.serving_lists(algorithms, user.as_str());
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok(lists)) => lists,
+        Ok(Err(e)) => {
+            metrics::counter!("marquee_recs_cache_total", "result" => "error").increment(1);
+            tracing::warn!(error = %e, "reading precomputed lists failed; serving fallbacks");
+            vec![None; algorithms.len()]
+        }
+        Err(_) => {
+            metrics::counter!("marquee_recs_cache_total", "result" => "timeout").increment(1);
+            tracing::warn!("reading precomputed lists timed out; serving fallbacks");
+            vec![None; algorithms.len()]
+        }
+    }
 }
 
 fn plan(experiment: Option<&Experiment>) -> Plan<'_> {

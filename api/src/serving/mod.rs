@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use domain::events::Event;
+use std::time::Duration;
+
 use domain::experiment::Experiment;
-use domain::ids::{ExperimentKey, MovieId};
+use domain::ids::{ExperimentKey, MovieId, UserId};
 use domain::recommend::{CatalogEntry, ScoredItem};
 use repositories::kafka::EventProducer;
-use repositories::postgres::serving::{NewAssignment, PgServing};
+use repositories::postgres::serving::{NewAssignment, PgServing, UserContext};
 use tokio::sync::mpsc;
 
 /// Movies kept for the last-resort fallbacks (popular, any catalog movie).
@@ -84,6 +86,19 @@ pub struct Serving {
     pub hot: Snapshot<Vec<ScoredItem>>,
     impressions: mpsc::Sender<Event>,
     assignments: mpsc::Sender<NewAssignment>,
+    /// Sticky arm and seen movies per (experiment, user), so a returning user
+    /// costs no PostgreSQL round trip; `None` when disabled.
+    user_contexts: Option<moka::sync::Cache<ContextKey, Arc<UserContext>>>,
+}
+
+/// Which experiment's sticky arm a cached context holds, and for whom.
+type ContextKey = (Option<ExperimentKey>, UserId);
+
+/// Sizing of the per-user context cache.
+#[derive(Debug, Clone, Copy)]
+pub struct UserCacheSettings {
+    pub ttl: Duration,
+    pub capacity: u64,
 }
 
 /// The receiving ends, handed to the background tasks.
@@ -93,7 +108,18 @@ pub struct ServingQueues {
 }
 
 impl Serving {
-    pub fn new(pg: PgServing, producer: EventProducer, queue_len: usize) -> (Self, ServingQueues) {
+    pub fn new(
+        pg: PgServing,
+        producer: EventProducer,
+        queue_len: usize,
+        user_cache: UserCacheSettings,
+    ) -> (Self, ServingQueues) {
+        let user_contexts = (!user_cache.ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(user_cache.capacity)
+                .time_to_live(user_cache.ttl)
+                .build()
+        });
         let (impressions_tx, impressions_rx) = mpsc::channel(queue_len.max(1));
         let (assignments_tx, assignments_rx) = mpsc::channel(queue_len.max(1));
         (
@@ -105,6 +131,7 @@ impl Serving {
                 hot: Snapshot::default(),
                 impressions: impressions_tx,
                 assignments: assignments_tx,
+                user_contexts,
             },
             ServingQueues {
                 impressions: impressions_rx,
@@ -122,8 +149,65 @@ impl Serving {
         }
     }
 
-    /// Queue a new sticky assignment for the batched PostgreSQL write.
-    pub fn record_assignment(&self, assignment: NewAssignment) {
+
+    /// The user's context if process memory holds a fresh one.
+    pub fn cached_context(
+        &self,
+        experiment: Option<&ExperimentKey>,
+        user: &UserId,
+    ) -> Option<Arc<UserContext>> {
+        let hit = self
+            .user_contexts
+            .as_ref()?
+            .get(&(experiment.cloned(), user.clone()));
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        metrics::counter!("marquee_user_context_total", "result" => result).increment(1);
+        hit
+    }
+
+    /// The user's sticky arm in `experiment` and the movies they saw, read
+    /// (and cached) by one PostgreSQL query bounded by
+    /// `limit`. A failed or slow query degrades to "no arm, nothing seen"
+    /// (logged, not cached) rather than failing the request.
+    pub async fn user_context(
+        &self,
+        experiment: Option<&ExperimentKey>,
+        user: &UserId,
+        limit: Duration,
+    ) -> Arc<UserContext> {
+        let key = (experiment.cloned(), user.clone());
+        match tokio::time::timeout(limit, self.pg.user_context(experiment, user)).await {
+            Ok(Ok(context)) => {
+                let context = Arc::new(context);
+                if let Some(cache) = &self.user_contexts {
+                    cache.insert(key, context.clone());
+                }
+                context
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the user's arm and history failed; serving unfiltered");
+                Arc::default()
+            }
+            Err(_) => {
+                tracing::warn!("reading the user's arm and history timed out; serving unfiltered");
+                Arc::default()
+            }
+        }
+    }
+
+    /// Queue a new sticky assignment for the batched PostgreSQL write and
+    /// remember it at once, so this replica keeps the arm even before the write lands.
+    pub fn record_assignment(&self, assignment: NewAssignment, context: &UserContext) {
+        if let Some(cache) = &self.user_contexts {
+            let remembered = UserContext {
+                sticky_arm: Some(assignment.arm.clone()),
+                seen: context.seen.clone(),
+            };
+            cache.insert(
+                (Some(assignment.experiment.clone()), assignment.user_id.clone()),
+                Arc::new(remembered),
+            );
+        }
         if self.assignments.try_send(assignment).is_err() {
             // The user will be re-hashed to the same arm until weights change;
             // losing the record only loses stickiness across a weight change.
