@@ -4,7 +4,7 @@
 //! and scored on identical data.
 //!
 //! Usage: `cargo run --release -p domain --example bench_train -- \
-//!     [small|medium|large] [seed] [--only ALGO] [--eval-users N] [--export DIR]`
+//!     [small|medium|large] [seed] [--only ALGO] [--eval-users N] [--export DIR] [--als JSON]`
 //!
 //! Prints a table, then one `RESULT {json}` line per algorithm for scripts.
 //! `--export DIR` writes little-endian binaries of the ALS training matrix
@@ -34,6 +34,8 @@ struct Args {
     only: Option<String>,
     eval_users: usize,
     export: Option<PathBuf>,
+    /// ALS hyperparameters over the defaults, as JSON (e.g. `{"factors":128}`).
+    als: Option<String>,
 }
 
 fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
@@ -43,6 +45,7 @@ fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
         only: None,
         eval_users: 20_000,
         export: None,
+        als: None,
     };
     let mut positional = 0;
     let mut it = std::env::args().skip(1);
@@ -53,6 +56,7 @@ fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
                 args.eval_users = it.next().ok_or("--eval-users needs a value")?.parse()?
             }
             "--export" => args.export = Some(it.next().ok_or("--export needs a value")?.into()),
+            "--als" => args.als = Some(it.next().ok_or("--als needs a JSON object")?),
             other if positional == 0 => {
                 args.size = match other {
                     "small" => SyntheticSize::Small,
@@ -173,7 +177,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         test.len(),
         split.test.len()
     );
-    let als_params = AlsParams::default();
+    // AlsParams fills missing fields from its defaults (serde(default)).
+    let als_params: AlsParams = match &args.als {
+        Some(json) => serde_json::from_str(json)?,
+        None => AlsParams::default(),
+    };
+    als_params.validate()?;
     if let Some(dir) = &args.export {
         let t = Instant::now();
         export(dir, &split.train, &test, &als_params)?;
@@ -191,17 +200,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !wanted(name) {
             return;
         }
+        let sampler = RssSampler::start();
         let t = Instant::now();
         let model = fit();
         let fit_seconds = t.elapsed().as_secs_f64();
+        let fit_rss = sampler.stop();
         let t = Instant::now();
         let metrics = evaluate_at(model.as_ref(), train, &test, &KS);
         let eval_seconds = t.elapsed().as_secs_f64();
         let (m10, m20) = (&metrics[0], &metrics[1]);
         println!(
             "RESULT {{\"algorithm\":\"{name}\",\"fit_seconds\":{fit_seconds:.3},\"eval_seconds\":{eval_seconds:.3},\
-             \"ndcg10\":{:.5},\"recall20\":{:.5},\"coverage10\":{:.5},\"users\":{},\"params\":{params}}}",
-            m10.ndcg, m20.recall, m10.coverage, m10.users
+             \"ndcg10\":{:.5},\"recall20\":{:.5},\"coverage10\":{:.5},\"users\":{},\"fit_peak_rss_mib\":{},\
+             \"params\":{params}}}",
+            m10.ndcg,
+            m20.recall,
+            m10.coverage,
+            m10.users,
+            fit_rss.map_or("null".to_owned(), |m| m.to_string())
         );
         rows.push((
             name.to_owned(),
@@ -239,4 +255,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("| {name:<10} | {ndcg:>7.4} | {recall:>9.4} | {coverage:>11.4} | {fit:>6.2} |");
     }
     Ok(())
+}
+
+/// Largest resident set seen while it runs (Linux `/proc/self/status`, sampled
+/// every few milliseconds): the fit's own peak, which the process peak of
+/// `/usr/bin/time -v` hides behind the data generation's.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = None;
+            loop {
+                peak = peak.max(rss_mib());
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        Self { stop, handle }
+    }
+
+    /// Peak in MiB; `None` where `/proc` is not available.
+    fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().ok().flatten()
+    }
+}
+
+fn rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
