@@ -104,12 +104,17 @@ fn percent_decode(value: &str) -> String {
 /// Constant-time comparison of two secrets of possibly different length.
 fn same_secret(a: &str, b: &str) -> bool {
     let (ha, hb) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Resolve the presented key to a caller, or 401.
 pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
-    let key = presented_key(parts).filter(|k| !k.is_empty()).ok_or(ApiError::Unauthorized)?;
+    let key = presented_key(parts)
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
     let bootstrap = &state.config.bootstrap_admin_key;
     if !bootstrap.is_empty() && same_secret(&key, bootstrap) {
         return Ok(Caller { role: Role::Admin });

@@ -4,9 +4,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{events, health, metrics, recommendations};
 use crate::routes::models;
 use crate::routes::{algorithms, experiments, keys, movies, users};
+use crate::routes::{events, health, metrics, recommendations};
 
 /// Marquee's API description, served at `/openapi.json` and browsed at `/docs`.
 #[derive(OpenApi)]

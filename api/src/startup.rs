@@ -54,7 +54,8 @@ impl Application {
         }
         let shutdown = CancellationToken::new();
         let timeout = Duration::from_millis(config.serving_timeout_ms.max(1));
-        let producer = EventProducer::new(&config.stack.kafka(), 5).context("creating the kafka producer")?;
+        let producer =
+            EventProducer::new(&config.stack.kafka(), 5).context("creating the kafka producer")?;
         let (serving, queues) = Serving::new(
             PgServing::new(stores.pg.clone(), config.stack.timeout().max(timeout)),
             producer,
@@ -131,7 +132,9 @@ impl Application {
         self.shutdown.cancel();
         let drained = futures::future::join_all(self.tasks);
         if tokio::time::timeout(SHUTDOWN_DRAIN, drained).await.is_err() {
-            tracing::warn!("background tasks did not finish within {SHUTDOWN_DRAIN:?}; exiting anyway");
+            tracing::warn!(
+                "background tasks did not finish within {SHUTDOWN_DRAIN:?}; exiting anyway"
+            );
         }
         Ok(())
     }

@@ -118,12 +118,9 @@ mod tests {
     #[test]
     fn unknown_movies_are_skipped() {
         let model = items(&[1, 2, 3]);
-        let list = compose(
-            10,
-            &[(ItemSource::Model, &model)],
-            &HashSet::new(),
-            |m| m.get() != 2,
-        );
+        let list = compose(10, &[(ItemSource::Model, &model)], &HashSet::new(), |m| {
+            m.get() != 2
+        });
         assert_eq!(ids(&list), vec![1, 3]);
     }
 
@@ -142,7 +139,10 @@ mod tests {
     #[test]
     fn respects_the_limit_and_an_empty_catalog_gives_nothing() {
         let model = items(&[1, 2, 3, 4]);
-        assert_eq!(compose(2, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).len(), 2);
+        assert_eq!(
+            compose(2, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).len(),
+            2
+        );
         assert!(compose(5, &[], &HashSet::new(), |_| true).is_empty());
         assert!(compose(0, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).is_empty());
     }

@@ -61,9 +61,15 @@ impl RedisStore {
     pub async fn weights_changes(&self) -> RepoResult<impl Stream<Item = String>> {
         let client = redis::Client::open(self.url())
             .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))?;
-        let mut pubsub = with_timeout("redis subscribe", self.timeout(), client.get_async_pubsub()).await?;
+        let mut pubsub =
+            with_timeout("redis subscribe", self.timeout(), client.get_async_pubsub()).await?;
         let channel = self.keys.weights_channel();
-        with_timeout("redis subscribe", self.timeout(), pubsub.subscribe(&channel)).await?;
+        with_timeout(
+            "redis subscribe",
+            self.timeout(),
+            pubsub.subscribe(&channel),
+        )
+        .await?;
         Ok(pubsub
             .into_on_message()
             .filter_map(|msg| async move { msg.get_payload::<String>().ok() }))

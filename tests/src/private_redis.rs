@@ -62,4 +62,3 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
-

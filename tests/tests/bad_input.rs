@@ -674,60 +674,134 @@ fn cases() -> Vec<Case> {
         // Recommendations.
         Case {
             auth: Auth::Client,
-            ..get("limit zero", "/v1/users/u1/recommendations?limit=0", 400, "limit")
+            ..get(
+                "limit zero",
+                "/v1/users/u1/recommendations?limit=0",
+                400,
+                "limit",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("limit negative", "/v1/users/u1/recommendations?limit=-3", 400, "limit")
+            ..get(
+                "limit negative",
+                "/v1/users/u1/recommendations?limit=-3",
+                400,
+                "limit",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("limit huge", "/v1/users/u1/recommendations?limit=100000", 400, "limit")
+            ..get(
+                "limit huge",
+                "/v1/users/u1/recommendations?limit=100000",
+                400,
+                "limit",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("limit not a number", "/v1/users/u1/recommendations?limit=ten", 400, "limit")
+            ..get(
+                "limit not a number",
+                "/v1/users/u1/recommendations?limit=ten",
+                400,
+                "limit",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("unknown query parameter", "/v1/users/u1/recommendations?colour=red", 400, "colour")
+            ..get(
+                "unknown query parameter",
+                "/v1/users/u1/recommendations?colour=red",
+                400,
+                "colour",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("unknown experiment", "/v1/users/u1/recommendations?experiment=nope", 404, "experiment")
+            ..get(
+                "unknown experiment",
+                "/v1/users/u1/recommendations?experiment=nope",
+                404,
+                "experiment",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("experiment key with a space", "/v1/users/u1/recommendations?experiment=a%20b", 400, "experiment")
+            ..get(
+                "experiment key with a space",
+                "/v1/users/u1/recommendations?experiment=a%20b",
+                400,
+                "experiment",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..get("user id too long", &format!("/v1/users/{}/recommendations", "u".repeat(129)), 400, "user_id")
+            ..get(
+                "user id too long",
+                &format!("/v1/users/{}/recommendations", "u".repeat(129)),
+                400,
+                "user_id",
+            )
         },
         Case {
             auth: Auth::Missing,
-            ..get("recommendations without a key", "/v1/users/u1/recommendations", 401, "x-api-key")
+            ..get(
+                "recommendations without a key",
+                "/v1/users/u1/recommendations",
+                401,
+                "x-api-key",
+            )
         },
         Case {
             auth: Auth::Analyst,
-            ..get("recommendations with an analyst key", "/v1/users/u1/recommendations", 403, "x-api-key")
+            ..get(
+                "recommendations with an analyst key",
+                "/v1/users/u1/recommendations",
+                403,
+                "x-api-key",
+            )
         },
         // Events.
         Case {
             auth: Auth::Client,
-            ..post("events batch empty", "/v1/events", json_body(json!({"events": []})), 400, "events")
+            ..post(
+                "events batch empty",
+                "/v1/events",
+                json_body(json!({"events": []})),
+                400,
+                "events",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..post("events batch missing", "/v1/events", json_body(json!({})), 400, "events")
+            ..post(
+                "events batch missing",
+                "/v1/events",
+                json_body(json!({})),
+                400,
+                "events",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..post("events batch not a list", "/v1/events", json_body(json!({"events": 3})), 400, "events")
+            ..post(
+                "events batch not a list",
+                "/v1/events",
+                json_body(json!({"events": 3})),
+                400,
+                "events",
+            )
         },
         Case {
             auth: Auth::Client,
-            ..post("events with an unknown top-level field", "/v1/events", json_body(json!({"events": [], "x": 1})), 400, "x")
+            ..post(
+                "events with an unknown top-level field",
+                "/v1/events",
+                json_body(json!({"events": [], "x": 1})),
+                400,
+                "x",
+            )
         },
         Case {
             auth: Auth::Client,
@@ -744,7 +818,9 @@ fn cases() -> Vec<Case> {
             ..post(
                 "the only event has a bad uuid",
                 "/v1/events",
-                json_body(json!({"events": [{"event_id": "x", "type": "click", "user_id": "u", "movie_id": 1}]})),
+                json_body(
+                    json!({"events": [{"event_id": "x", "type": "click", "user_id": "u", "movie_id": 1}]}),
+                ),
                 400,
                 "events[0].event_id",
             )
@@ -754,7 +830,9 @@ fn cases() -> Vec<Case> {
             ..post(
                 "the only event has an unknown type",
                 "/v1/events",
-                json_body(json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "purchase", "user_id": "u"}]})),
+                json_body(
+                    json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "purchase", "user_id": "u"}]}),
+                ),
                 400,
                 "events[0].type",
             )
@@ -764,7 +842,9 @@ fn cases() -> Vec<Case> {
             ..post(
                 "a client may not send impressions",
                 "/v1/events",
-                json_body(json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "impression", "user_id": "u"}]})),
+                json_body(
+                    json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "impression", "user_id": "u"}]}),
+                ),
                 400,
                 "events[0].type",
             )
@@ -774,33 +854,56 @@ fn cases() -> Vec<Case> {
             ..post(
                 "the only event is stamped in the future",
                 "/v1/events",
-                json_body(json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "conversion", "user_id": "u", "ts": "2999-01-01T00:00:00Z"}]})),
+                json_body(
+                    json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "conversion", "user_id": "u", "ts": "2999-01-01T00:00:00Z"}]}),
+                ),
                 400,
                 "events[0].ts",
             )
         },
         Case {
             auth: Auth::Client,
-            ..post("events invalid JSON", "/v1/events", Some("{\"events\": [".into()), 400, "body")
+            ..post(
+                "events invalid JSON",
+                "/v1/events",
+                Some("{\"events\": [".into()),
+                400,
+                "body",
+            )
         },
         Case {
             auth: Auth::Client,
             content_type: Some("text/plain"),
-            ..post("events as text/plain", "/v1/events", json_body(json!({"events": []})), 415, "content-type")
+            ..post(
+                "events as text/plain",
+                "/v1/events",
+                json_body(json!({"events": []})),
+                415,
+                "content-type",
+            )
         },
         Case {
             auth: Auth::Client,
             ..post(
                 "events body over the size limit",
                 "/v1/events",
-                Some(format!("{{\"events\": [\"{}\"]}}", "x".repeat(MAX_BODY_BYTES))),
+                Some(format!(
+                    "{{\"events\": [\"{}\"]}}",
+                    "x".repeat(MAX_BODY_BYTES)
+                )),
                 413,
                 "body",
             )
         },
         Case {
             auth: Auth::Invalid,
-            ..post("events with a key nobody issued", "/v1/events", json_body(json!({"events": []})), 401, "x-api-key")
+            ..post(
+                "events with a key nobody issued",
+                "/v1/events",
+                json_body(json!({"events": []})),
+                401,
+                "x-api-key",
+            )
         },
         // Routes that do not exist answer in JSON too.
         get("unknown route", "/v1/nothing-here", 404, "path"),

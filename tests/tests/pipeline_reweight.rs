@@ -132,7 +132,9 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
     for u in 0..40 {
         let body: Value = api
             .client
-            .get(api.url(&format!("/v1/users/new-user-{u}/recommendations?experiment=bandit")))
+            .get(api.url(&format!(
+                "/v1/users/new-user-{u}/recommendations?experiment=bandit"
+            )))
             .header("x-api-key", &client_key)
             .send()
             .await
@@ -144,7 +146,10 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
             in_b += 1;
         }
     }
-    assert!(in_b >= 28, "only {in_b} of 40 new users were served b at weight {b}");
+    assert!(
+        in_b >= 28,
+        "only {in_b} of 40 new users were served b at weight {b}"
+    );
 
     // History: one row per arm per run, with the posterior; runs at least an interval apart.
     let runs: Vec<(DateTime<Utc>, i64, Option<Value>)> = sqlx::query_as(

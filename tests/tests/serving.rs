@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_redis::redis;
-use domain::recommend::{PrecomputedList, ScoredItem};
 use domain::ids::MovieId;
+use domain::recommend::{PrecomputedList, ScoredItem};
 use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
@@ -50,7 +50,10 @@ async fn put_lists(stack: &TestStack, users: &[String]) {
     let keys = &stack.stores.redis.keys;
     let mut pipe = redis::pipe();
     for user in users {
-        pipe.set(keys.recs("popularity", user), list("pop-v1", &POPULARITY_LIST));
+        pipe.set(
+            keys.recs("popularity", user),
+            list("pop-v1", &POPULARITY_LIST),
+        );
         pipe.set(keys.recs("als", user), list("als-v1", &ALS_LIST));
     }
     let _: () = pipe.query_async(&mut conn).await.unwrap();
@@ -101,7 +104,8 @@ async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) 
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !want(&seen) && tokio::time::Instant::now() < deadline {
-        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        {
             if let Some(payload) = message.payload() {
                 seen.push(serde_json::from_slice(payload).unwrap());
             }
@@ -120,13 +124,15 @@ async fn lists_come_from_the_arm_minus_seen_and_impressions_reach_kafka() {
     // Every user has seen the second movie of both lists.
     for user in &users {
         for movie in [2_i64, 12] {
-            sqlx::query("INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())")
-                .bind(Uuid::new_v4())
-                .bind(user)
-                .bind(movie)
-                .execute(&stack.stores.pg)
-                .await
-                .unwrap();
+            sqlx::query(
+                "INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())",
+            )
+            .bind(Uuid::new_v4())
+            .bind(user)
+            .bind(movie)
+            .execute(&stack.stores.pg)
+            .await
+            .unwrap();
         }
     }
     let api = spawn_api(&stack, |_| {}).await;
@@ -152,15 +158,25 @@ async fn lists_come_from_the_arm_minus_seen_and_impressions_reach_kafka() {
         assert_eq!(body["items"][0]["position"], 0);
         assert_eq!(body["items"][0]["source"], "model");
         *by_arm.entry(arm).or_default() += 1;
-        served.insert(body["request_id"].as_str().unwrap().to_owned(), (user.clone(), expected));
+        served.insert(
+            body["request_id"].as_str().unwrap().to_owned(),
+            (user.clone(), expected),
+        );
     }
-    assert_eq!(by_arm.len(), 2, "20 users at 50/50 land in both arms: {by_arm:?}");
+    assert_eq!(
+        by_arm.len(),
+        2,
+        "20 users at 50/50 land in both arms: {by_arm:?}"
+    );
 
     let messages = read_until(&kafka, |seen| {
         seen.iter().filter(|m| m["type"] == "impression").count() >= served.len()
     })
     .await;
-    let impressions: Vec<&Value> = messages.iter().filter(|m| m["type"] == "impression").collect();
+    let impressions: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["type"] == "impression")
+        .collect();
     assert_eq!(impressions.len(), served.len());
     for impression in impressions {
         let (user, expected) = &served[impression["request_id"].as_str().unwrap()];
@@ -276,11 +292,17 @@ async fn posted_events_reach_kafka_and_invalid_ones_are_reported_by_index() {
     assert_eq!(body["errors"][1]["field"], "movie_id");
 
     let messages = read_until(&kafka, |seen| seen.len() >= 2).await;
-    let mut ids: Vec<String> = messages.iter().map(|m| m["event_id"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<String> = messages
+        .iter()
+        .map(|m| m["event_id"].as_str().unwrap().to_owned())
+        .collect();
     ids.sort();
     let mut expected: Vec<String> = good.iter().map(Uuid::to_string).collect();
     expected.sort();
-    assert_eq!(ids, expected, "exactly the valid events, with the client's own ids");
+    assert_eq!(
+        ids, expected,
+        "exactly the valid events, with the client's own ids"
+    );
 
     // A batch with no valid event is a 400 that still lists every reason.
     let response = api
@@ -358,7 +380,10 @@ async fn with_redis_down_recommendations_fall_back_to_popular_from_postgres() {
         }
     }
     let port = free_port();
-    let mut redis = PrivateRedis::start(port, std::env::temp_dir().join(format!("marquee-redis-{}", stack.id)));
+    let mut redis = PrivateRedis::start(
+        port,
+        std::env::temp_dir().join(format!("marquee-redis-{}", stack.id)),
+    );
     let api = spawn_api(&stack, |config| {
         config.stack.redis_url = format!("redis://127.0.0.1:{port}");
     })

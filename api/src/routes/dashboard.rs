@@ -9,9 +9,9 @@ use domain::ids::ExperimentKey;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::AnalystAccess;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::results::load_results;
-use crate::auth::AnalystAccess;
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");

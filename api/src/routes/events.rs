@@ -78,7 +78,10 @@ pub async fn post_events(
 ) -> ApiResult<Response> {
     let max = state.config.max_events_per_batch;
     if batch.events.is_empty() {
-        return Err(ApiError::bad_request("events", "must hold at least one event"));
+        return Err(ApiError::bad_request(
+            "events",
+            "must hold at least one event",
+        ));
     }
     if batch.events.len() > max {
         return Err(ApiError::bad_request(
@@ -93,7 +96,8 @@ pub async fn post_events(
             error: ErrorDetail {
                 code: "validation_failed".into(),
                 message: "no event of the batch is valid".into(),
-                field: first.and_then(|e| e.field.as_ref().map(|f| format!("events[{}].{f}", e.index))),
+                field: first
+                    .and_then(|e| e.field.as_ref().map(|f| format!("events[{}].{f}", e.index))),
             },
             errors,
         };
@@ -190,8 +194,10 @@ mod tests {
             json!("not an object"),
         ]);
         assert_eq!(valid.len(), 1);
-        let fields: Vec<(usize, Option<&str>)> =
-            errors.iter().map(|e| (e.index, e.field.as_deref())).collect();
+        let fields: Vec<(usize, Option<&str>)> = errors
+            .iter()
+            .map(|e| (e.index, e.field.as_deref()))
+            .collect();
         assert_eq!(
             fields,
             vec![

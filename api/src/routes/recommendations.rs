@@ -14,8 +14,8 @@ use chrono::Utc;
 use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
 use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
 use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
-use domain::serving::{compose, ItemSource};
 use domain::recommend::PrecomputedList;
+use domain::serving::{compose, ItemSource};
 use repositories::postgres::serving::{NewAssignment, UserContext};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -127,7 +127,9 @@ pub async fn recommendations(
             .and_then(|key| experiments.get(&key)),
     };
     let plan = plan(experiment);
-    let running = plan.experiment.filter(|e| e.status() == ExperimentStatus::Running);
+    let running = plan
+        .experiment
+        .filter(|e| e.status() == ExperimentStatus::Running);
 
     let limit_time = Duration::from_millis(state.config.serving_timeout_ms);
     let experiment_key = running.map(Experiment::key);
@@ -157,7 +159,10 @@ pub async fn recommendations(
     let catalog = serving.catalog.get();
     let hot = serving.hot.get();
     let seen: HashSet<MovieId> = context.seen.iter().copied().collect();
-    let model_items = list.as_ref().map(|l| l.items.as_slice()).unwrap_or_default();
+    let model_items = list
+        .as_ref()
+        .map(|l| l.items.as_slice())
+        .unwrap_or_default();
     let chosen = compose(
         limit,
         &[

@@ -16,8 +16,8 @@ use repositories::clickhouse::results::{date_from_days, DayWindow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult};
 use crate::auth::AnalystAccess;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// Query of a results request.

@@ -47,10 +47,23 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     vec![
-        tokio::spawn(catalog_loop(serving.clone(), intervals.catalog, shutdown.clone())),
-        tokio::spawn(hot_loop(serving.clone(), redis.clone(), intervals.hot, shutdown.clone())),
+        tokio::spawn(catalog_loop(
+            serving.clone(),
+            intervals.catalog,
+            shutdown.clone(),
+        )),
+        tokio::spawn(hot_loop(
+            serving.clone(),
+            redis.clone(),
+            intervals.hot,
+            shutdown.clone(),
+        )),
         tokio::spawn(weights_subscriber(serving.clone(), redis, shutdown.clone())),
-        tokio::spawn(impression_drainer(serving.clone(), queues.impressions, shutdown.clone())),
+        tokio::spawn(impression_drainer(
+            serving.clone(),
+            queues.impressions,
+            shutdown.clone(),
+        )),
         tokio::spawn(assignment_drainer(serving, queues.assignments, shutdown)),
     ]
 }
@@ -60,7 +73,9 @@ async fn refresh_experiments(serving: &Serving) {
         Ok(list) => serving
             .experiments
             .set(list.into_iter().map(|e| (e.key().clone(), e)).collect()),
-        Err(e) => tracing::warn!(error = %e, "reloading experiments failed; serving the previous ones"),
+        Err(e) => {
+            tracing::warn!(error = %e, "reloading experiments failed; serving the previous ones")
+        }
     }
 }
 
@@ -102,7 +117,12 @@ async fn catalog_loop(serving: Arc<Serving>, every: Duration, shutdown: Cancella
     }
 }
 
-async fn hot_loop(serving: Arc<Serving>, redis: RedisStore, every: Duration, shutdown: CancellationToken) {
+async fn hot_loop(
+    serving: Arc<Serving>,
+    redis: RedisStore,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -139,7 +159,9 @@ async fn weights_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: 
                 }
                 tracing::warn!("weights subscription ended; resubscribing");
             }
-            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "subscribing to weight changes failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "subscribing to weight changes failed")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -152,7 +174,10 @@ async fn weights_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: 
 /// Take up to [`DRAIN_BATCH`] items, waiting at most [`DRAIN_LINGER`] once
 /// one has arrived; `None` once the queue is closed and empty or on shutdown
 /// with nothing left.
-async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, shutdown: &CancellationToken) -> Option<Vec<T>> {
+async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<T>,
+    shutdown: &CancellationToken,
+) -> Option<Vec<T>> {
     let mut batch = Vec::with_capacity(DRAIN_BATCH);
     if shutdown.is_cancelled() {
         while batch.len() < DRAIN_BATCH {
@@ -177,13 +202,19 @@ async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, shutdown: &CancellationTok
     Some(batch)
 }
 
-async fn impression_drainer(serving: Arc<Serving>, mut queue: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+async fn impression_drainer(
+    serving: Arc<Serving>,
+    mut queue: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+) {
     while let Some(batch) = next_batch(&mut queue, &shutdown).await {
         let results = serving.producer.send_all(&batch).await;
         let failed = results.iter().filter(|r| r.is_err()).count();
-        metrics::counter!("marquee_impressions_sent_total").increment((batch.len() - failed) as u64);
+        metrics::counter!("marquee_impressions_sent_total")
+            .increment((batch.len() - failed) as u64);
         if failed > 0 {
-            metrics::counter!("marquee_impressions_dropped_total", "reason" => "kafka").increment(failed as u64);
+            metrics::counter!("marquee_impressions_dropped_total", "reason" => "kafka")
+                .increment(failed as u64);
             if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                 tracing::warn!(error = %e, failed, "impressions not delivered to kafka; dropped");
             }
@@ -207,7 +238,8 @@ async fn assignment_drainer(
                     delay *= 2;
                 }
                 Err(e) => {
-                    metrics::counter!("marquee_assignments_dropped_total").increment(batch.len() as u64);
+                    metrics::counter!("marquee_assignments_dropped_total")
+                        .increment(batch.len() as u64);
                     tracing::error!(error = %e, count = batch.len(), "recording assignments failed; they stay unrecorded");
                     break;
                 }

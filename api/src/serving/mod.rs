@@ -149,7 +149,6 @@ impl Serving {
         }
     }
 
-
     /// The user's context if process memory holds a fresh one.
     pub fn cached_context(
         &self,
@@ -204,7 +203,10 @@ impl Serving {
                 seen: context.seen.clone(),
             };
             cache.insert(
-                (Some(assignment.experiment.clone()), assignment.user_id.clone()),
+                (
+                    Some(assignment.experiment.clone()),
+                    assignment.user_id.clone(),
+                ),
                 Arc::new(remembered),
             );
         }

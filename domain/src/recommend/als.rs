@@ -1695,7 +1695,10 @@ mod tests {
             for i in 0..n_items {
                 let want = if watches(u, i) { 1.0 } else { 0.0 };
                 let got = model.score(&uid(u), mid(i)).unwrap();
-                assert!((got - want).abs() < 0.05, "user {u} movie {i}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 0.05,
+                    "user {u} movie {i}: {got} vs {want}"
+                );
             }
         }
     }

@@ -87,10 +87,11 @@ pub async fn find(pool: &PgPool, key: &str) -> RepoResult<Option<StoredKey>> {
 
 /// Revoke a key by id; revoked keys stop working within the api's key-cache lifetime.
 pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<()> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .execute(pool)
+            .await?;
     if done.rows_affected() == 0 {
         return Err(RepoError::NotFound(format!("api key {id}")));
     }

@@ -64,7 +64,10 @@ impl PgServing {
         let (rows, arms) = with_timeout("postgres experiments", self.timeout, fut).await?;
         let mut by_experiment: HashMap<&str, Vec<&ArmRow>> = HashMap::new();
         for arm in &arms {
-            by_experiment.entry(&arm.experiment_key).or_default().push(arm);
+            by_experiment
+                .entry(&arm.experiment_key)
+                .or_default()
+                .push(arm);
         }
         Ok(rows
             .iter()
@@ -86,7 +89,8 @@ impl PgServing {
         let rows: Vec<(i64, String, Option<i32>, Vec<String>)> = with_timeout(
             "postgres catalog",
             self.timeout,
-            sqlx::query_as("SELECT id, title, year, genres FROM movies ORDER BY id").fetch_all(&self.pool),
+            sqlx::query_as("SELECT id, title, year, genres FROM movies ORDER BY id")
+                .fetch_all(&self.pool),
         )
         .await?;
         Ok(rows
@@ -153,7 +157,11 @@ impl PgServing {
         .await?;
         Ok(UserContext {
             sticky_arm: row.0.and_then(|a| ArmKey::parse(a).ok()),
-            seen: row.1.into_iter().filter_map(|m| MovieId::parse(m).ok()).collect(),
+            seen: row
+                .1
+                .into_iter()
+                .filter_map(|m| MovieId::parse(m).ok())
+                .collect(),
         })
     }
 
