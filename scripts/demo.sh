@@ -75,13 +75,20 @@ say "starting worker and api (logs in .stack/logs)"
 pids+=($!)
 "$BIN/api" serve >"$LOGS/api.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 150); do
-  curl -fsS "$API/health/ready" >/dev/null 2>&1 && break
+# Ready once is enough: right after start the worker's first model load keeps
+# the machine busy and a single probe may miss its 1 s limit.
+ready=""
+for _ in $(seq 1 300); do
+  if curl -fsS "$API/health/ready" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.2
 done
-curl -fsS "$API/health/ready" >/dev/null || { tail -20 "$LOGS/api.log"; echo "api did not become ready" >&2; exit 1; }
+[ -n "$ready" ] || { tail -20 "$LOGS/api.log"; echo "api did not become ready within 60 s" >&2; exit 1; }
 
 admin() { curl -fsS -H "x-api-key: $MARQUEE_BOOTSTRAP_ADMIN_KEY" -H 'content-type: application/json' "$@"; }
+weights() {
+  admin "$API/v1/experiments/home" | python3 -c 'import json, sys
+print(" ".join("%s=%.2f" % (a["key"], a["weight"]) for a in json.load(sys.stdin)["arms"]))'
+}
 
 experiments_route="$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $MARQUEE_BOOTSTRAP_ADMIN_KEY" "$API/v1/experiments")"
 if [ "$experiments_route" = 404 ] || [ "$experiments_route" = 405 ] || ! has "$BIN/api" keys; then
@@ -100,24 +107,24 @@ if ! admin "$API/v1/experiments/home" >/dev/null 2>&1; then
   admin -X POST "$API/v1/experiments/home/start" >/dev/null
 fi
 CLIENT_KEY="$("$BIN/api" keys create --role client --name demo-simulator | tail -1)"
-weights_start="$(admin "$API/v1/experiments/home" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(" ".join(f"{a[\"key\"]}={a[\"weight\"]:.2f}" for a in e["arms"]))')"
+weights_start="$(weights)"
 
 say "simulating ${SECONDS_OF_TRAFFIC}s of traffic"
 "$BIN/worker" simulate --client-key "$CLIENT_KEY" --api-url "$API" --experiment home \
   --seconds "$SECONDS_OF_TRAFFIC" --size "$SIZE" --seed "$SEED"
 sleep 3 # let the worker ingest the last batches
 
-weights_end="$(admin "$API/v1/experiments/home" | python3 -c 'import json,sys; e=json.load(sys.stdin); print(" ".join(f"{a[\"key\"]}={a[\"weight\"]:.2f}" for a in e["arms"]))')"
+weights_end="$(weights)"
 say "summary (measured by the worker in ClickHouse)"
 admin "$API/v1/experiments/home/results" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)["report"]
-print(f"{\"arm\":<12}{\"algorithm\":<12}{\"users\":>8}{\"impressions\":>13}{\"clicks\":>9}{\"CTR\":>9}   95% CI")
+pct = lambda x: "-" if x is None else "%.2f%%" % (100 * x)
+print("%-12s%-12s%8s%13s%9s%9s   %s" % ("arm", "algorithm", "users", "impressions", "clicks", "CTR", "95% CI"))
 for a in r["arms"]:
     c = a["ctr"]
-    ci = f"{100*c[\"ci_low\"]:.2f}% - {100*c[\"ci_high\"]:.2f}%" if c["ci_low"] is not None else "-"
-    ctr = f"{100*c[\"mean\"]:.2f}%" if c["mean"] is not None else "-"
-    print(f"{a[\"arm\"]:<12}{a[\"algorithm\"]:<12}{a[\"users\"]:>8}{a[\"impressions\"]:>13}{a[\"clicks\"]:>9}{ctr:>9}   {ci}")
+    ci = "-" if c.get("ci_low") is None else "%s - %s" % (pct(c["ci_low"]), pct(c["ci_high"]))
+    print("%-12s%-12s%8d%13d%9d%9s   %s" % (a["arm"], a["algorithm"], a["users"], a["impressions"], a["clicks"], pct(c["mean"]), ci))
 '
 echo "weights at start: $weights_start"
 echo "weights at end:   $weights_end"

@@ -112,12 +112,18 @@ pub async fn ping(settings: &KafkaSettings) -> RepoResult<()> {
 }
 
 /// Ping with a reused client, cheaper than [`ping`] for frequent health checks.
+/// Asks for one topic's metadata only: a broker with many topics answers that
+/// fast, and a missing events topic shows up as a failure.
 pub async fn ping_with(
     consumer: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
+    topic: String,
     timeout: Duration,
 ) -> RepoResult<()> {
     tokio::task::spawn_blocking(move || {
-        consumer.fetch_metadata(None, timeout)?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        if let Some(error) = metadata.topics().first().and_then(|t| t.error()) {
+            return Err(RepoError::Config(format!("topic {topic}: {error:?}")));
+        }
         Ok::<_, RepoError>(())
     })
     .await

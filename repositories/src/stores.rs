@@ -79,7 +79,11 @@ impl Stores {
             probe(
                 "kafka",
                 timeout,
-                kafka::ping_with(self.kafka_metadata.clone(), timeout)
+                kafka::ping_with(
+                    self.kafka_metadata.clone(),
+                    self.settings.events_topic.clone(),
+                    timeout
+                )
             ),
             probe("clickhouse", timeout, self.analytics.ping()),
             probe("s3", timeout, self.objects.ping()),

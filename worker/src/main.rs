@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             );
             println!(
                 "{:<12}{:>10}{:>13}{:>9}{:>9}",
-                "arm", "requests", "impressions", "clicks", "CTR"
+                "arm", "requests", "items shown", "clicks", "CTR/item"
             );
             for (arm, tally) in &summary.per_arm {
                 let ctr = tally.clicks as f64 / tally.impressions.max(1) as f64;
