@@ -32,16 +32,25 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
+    /// A lookup younger than the cache lifetime.
     fn get(&self, hash: &str) -> Option<Option<StoredKey>> {
         let entries = self.entries.read().ok()?;
         let (key, at) = entries.get(hash)?;
         (at.elapsed() < KEY_CACHE_TTL).then_some(*key)
     }
 
+    /// A valid key seen before, however long ago: used only while PostgreSQL
+    /// cannot answer, so an outage does not lock out every known client.
+    fn get_stale_valid(&self, hash: &str) -> Option<StoredKey> {
+        let entries = self.entries.read().ok()?;
+        entries.get(hash).and_then(|(key, _)| *key)
+    }
+
     fn put(&self, hash: String, key: Option<StoredKey>) {
         if let Ok(mut entries) = self.entries.write() {
             if entries.len() >= KEY_CACHE_MAX {
-                entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+                // Invalid keys go first: random keys must not evict real clients.
+                entries.retain(|_, (key, at)| key.is_some() && at.elapsed() < KEY_CACHE_TTL);
                 if entries.len() >= KEY_CACHE_MAX {
                     entries.clear();
                 }
@@ -123,9 +132,21 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
     let stored = match state.keys.get(&hash) {
         Some(cached) => cached,
         None => {
-            let found = api_keys::find(&state.stores.pg, &key).await?;
-            state.keys.put(hash, found);
-            found
+            let limit = Duration::from_millis(state.config.serving_timeout_ms.max(1) * 4);
+            match tokio::time::timeout(limit, api_keys::find(&state.stores.pg, &key)).await {
+                Ok(Ok(found)) => {
+                    state.keys.put(hash, found);
+                    found
+                }
+                Ok(Err(e)) => match state.keys.get_stale_valid(&hash) {
+                    Some(known) => Some(known),
+                    None => return Err(e.into()),
+                },
+                Err(_) => match state.keys.get_stale_valid(&hash) {
+                    Some(known) => Some(known),
+                    None => return Err(ApiError::Unavailable("postgres (api key lookup)".into())),
+                },
+            }
         }
     };
     stored

@@ -43,6 +43,7 @@ pub struct Application {
     /// Cache refreshers and queue drainers; awaited at shutdown so queued
     /// impressions reach Kafka before the process exits.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    background_stop: CancellationToken,
 }
 
 impl Application {
@@ -53,6 +54,9 @@ impl Application {
             migrate_with_retry(&stores).await?;
         }
         let shutdown = CancellationToken::new();
+        // The background tasks stop only after the server has: requests still
+        // in flight during a graceful stop may queue impressions to drain.
+        let background_stop = CancellationToken::new();
         let timeout = Duration::from_millis(config.serving_timeout_ms.max(1));
         let producer =
             EventProducer::new(&config.stack.kafka(), 5).context("creating the kafka producer")?;
@@ -75,7 +79,7 @@ impl Application {
                 catalog: Duration::from_secs(config.catalog_refresh_s.max(1)),
                 hot: Duration::from_millis(config.hot_refresh_ms.max(50)),
             },
-            shutdown.clone(),
+            background_stop.clone(),
         );
         let state = AppState {
             config: Arc::new(config.clone()),
@@ -95,6 +99,7 @@ impl Application {
             shutdown,
             state,
             tasks,
+            background_stop,
         })
     }
 
@@ -130,6 +135,7 @@ impl Application {
             .await
             .context("serving http")?;
         self.shutdown.cancel();
+        self.background_stop.cancel();
         let drained = futures::future::join_all(self.tasks);
         if tokio::time::timeout(SHUTDOWN_DRAIN, drained).await.is_err() {
             tracing::warn!(

@@ -138,7 +138,7 @@ pub async fn recommendations(
         Some(context) => {
             let algorithm = served_by(&plan, running, &user, &context).2;
             let lists = read_lists(&state, &[algorithm], &user, limit_time).await;
-            (context, vec![algorithm], lists)
+            (Some(context), vec![algorithm], lists)
         }
         None => {
             let (lists, context) = tokio::join!(
@@ -148,7 +148,10 @@ pub async fn recommendations(
             (context, plan.algorithms.clone(), lists)
         }
     };
-    let (assignment, arm, algorithm) = served_by(&plan, running, &user, &context);
+    let read_context = context.as_deref();
+    let unknown = UserContext::default();
+    let context = read_context.unwrap_or(&unknown);
+    let (assignment, arm, algorithm) = served_by(&plan, running, &user, context);
     let list = fetched
         .iter()
         .position(|a| *a == algorithm)
@@ -186,7 +189,7 @@ pub async fn recommendations(
                     user_id: user.clone(),
                     arm: a.arm.clone(),
                 },
-                &context,
+                read_context,
             );
         }
         if !chosen.is_empty() {

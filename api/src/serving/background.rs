@@ -79,15 +79,27 @@ async fn refresh_experiments(serving: &Serving) {
     }
 }
 
+/// Titles and the popular fallback refresh independently: a slow popular
+/// query (it aggregates 30 days of history) must not keep new titles out.
 async fn refresh_catalog(serving: &Serving) {
     let (catalog, popular) = tokio::join!(
         serving.pg.catalog(),
         serving.pg.popular(POPULAR_WINDOW, FALLBACK_LEN)
     );
-    match (catalog, popular) {
-        (Ok(catalog), Ok(popular)) => serving.catalog.set(CatalogSnapshot::new(catalog, popular)),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "reloading the catalog failed; serving the previous one")
+    let previous = serving.catalog.get();
+    let popular = popular.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reloading the popular list failed; keeping the previous one");
+        previous.popular.clone()
+    });
+    match catalog {
+        Ok(catalog) => serving.catalog.set(CatalogSnapshot::new(catalog, popular)),
+        Err(e) => {
+            tracing::warn!(error = %e, "reloading the catalog failed; serving the previous one");
+            serving.catalog.set(CatalogSnapshot {
+                titles: previous.titles.clone(),
+                popular,
+                any: previous.any.clone(),
+            });
         }
     }
 }

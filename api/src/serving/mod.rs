@@ -165,15 +165,15 @@ impl Serving {
     }
 
     /// The user's sticky arm in `experiment` and the movies they saw, read
-    /// (and cached) by one PostgreSQL query bounded by
-    /// `limit`. A failed or slow query degrades to "no arm, nothing seen"
-    /// (logged, not cached) rather than failing the request.
+    /// (and cached) by one PostgreSQL query bounded by `limit`. `None` when
+    /// the query failed or was too slow: the caller serves "no arm, nothing
+    /// seen" rather than failing, and nothing is cached.
     pub async fn user_context(
         &self,
         experiment: Option<&ExperimentKey>,
         user: &UserId,
         limit: Duration,
-    ) -> Arc<UserContext> {
+    ) -> Option<Arc<UserContext>> {
         let key = (experiment.cloned(), user.clone());
         match tokio::time::timeout(limit, self.pg.user_context(experiment, user)).await {
             Ok(Ok(context)) => {
@@ -181,23 +181,26 @@ impl Serving {
                 if let Some(cache) = &self.user_contexts {
                     cache.insert(key, context.clone());
                 }
-                context
+                Some(context)
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading the user's arm and history failed; serving unfiltered");
-                Arc::default()
+                None
             }
             Err(_) => {
                 tracing::warn!("reading the user's arm and history timed out; serving unfiltered");
-                Arc::default()
+                None
             }
         }
     }
 
     /// Queue a new sticky assignment for the batched PostgreSQL write and
-    /// remember it at once, so this replica keeps the arm even before the write lands.
-    pub fn record_assignment(&self, assignment: NewAssignment, context: &UserContext) {
-        if let Some(cache) = &self.user_contexts {
+    /// remember it at once, so this replica keeps the arm even before the
+    /// write lands. `context` is the user's context as read from PostgreSQL;
+    /// without one (the read failed) nothing is cached, so the next request
+    /// asks again instead of trusting an empty history.
+    pub fn record_assignment(&self, assignment: NewAssignment, context: Option<&UserContext>) {
+        if let (Some(cache), Some(context)) = (&self.user_contexts, context) {
             let remembered = UserContext {
                 sticky_arm: Some(assignment.arm.clone()),
                 seen: context.seen.clone(),

@@ -14,6 +14,10 @@ use super::reweight::{build, ArmRow, ExperimentRow};
 use crate::error::with_timeout;
 use crate::{RepoError, RepoResult};
 
+/// Most recent views (and, separately, likes) a user's seen-filter holds:
+/// bounds the query and the cached context for users with long histories.
+pub const SEEN_LIMIT: i64 = 1000;
+
 /// PostgreSQL reads and writes of the serving path, each bounded by `timeout`.
 #[derive(Clone)]
 pub struct PgServing {
@@ -135,8 +139,9 @@ impl PgServing {
             .collect())
     }
 
-    /// The user's recorded arm in `experiment` (if any) and every movie they
-    /// viewed or liked, in one round trip.
+    /// The user's recorded arm in `experiment` (if any) and the movies they
+    /// viewed or liked most recently (at most [`SEEN_LIMIT`] of each), in one
+    /// round trip on the `(user_id, ts DESC)` indexes.
     pub async fn user_context(
         &self,
         experiment: Option<&ExperimentKey>,
@@ -147,11 +152,12 @@ impl PgServing {
             self.timeout,
             sqlx::query_as(
                 "SELECT (SELECT arm_key FROM assignments WHERE experiment_key = $1 AND user_id = $2), \
-                        ARRAY(SELECT movie_id FROM views WHERE user_id = $2 \
-                              UNION SELECT movie_id FROM likes WHERE user_id = $2)",
+                        ARRAY((SELECT movie_id FROM views WHERE user_id = $2 ORDER BY ts DESC LIMIT $3) \
+                              UNION (SELECT movie_id FROM likes WHERE user_id = $2 ORDER BY ts DESC LIMIT $3))",
             )
             .bind(experiment.map(ExperimentKey::as_str))
             .bind(user.as_str())
+            .bind(SEEN_LIMIT)
             .fetch_one(&self.pool),
         )
         .await?;
