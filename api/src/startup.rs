@@ -83,7 +83,7 @@ impl Application {
         );
         let state = AppState {
             config: Arc::new(config.clone()),
-            stores,
+            stores: Arc::new(stores),
             prometheus: telemetry::prometheus(),
             keys: Default::default(),
             serving,

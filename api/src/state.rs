@@ -13,7 +13,9 @@ use crate::serving::Serving;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ApiConfig>,
-    pub stores: Stores,
+    /// Behind an `Arc`: handlers clone the state per request, and the stores
+    /// carry their settings (a dozen strings).
+    pub stores: Arc<Stores>,
     pub prometheus: Option<PrometheusHandle>,
     /// Recently looked-up API keys.
     pub keys: KeyCache,
