@@ -74,6 +74,11 @@ pub struct RedisStore {
     timeout: std::time::Duration,
     /// Kept for the dedicated connections pub/sub needs (a pooled one cannot subscribe).
     url: String,
+    /// One multiplexed connection shared by every request of the serving
+    /// path: concurrent reads share a socket instead of each checking a
+    /// connection out of the pool. Dropped on error and reopened on next use.
+    pub(crate) shared:
+        std::sync::Arc<std::sync::Mutex<Option<deadpool_redis::redis::aio::MultiplexedConnection>>>,
 }
 
 impl RedisStore {
@@ -92,6 +97,7 @@ impl RedisStore {
             keys: Keys::new(settings.namespace.clone()),
             timeout: settings.timeout,
             url: settings.url.clone(),
+            shared: Default::default(),
         })
     }
 

@@ -11,6 +11,31 @@ use crate::redis::RedisStore;
 use crate::{RepoError, RepoResult};
 
 impl RedisStore {
+    /// The shared multiplexed connection, opened on first use (bounded by the call timeout).
+    async fn shared_conn(&self) -> RepoResult<redis::aio::MultiplexedConnection> {
+        if let Some(conn) = self.shared.lock().ok().and_then(|c| c.clone()) {
+            return Ok(conn);
+        }
+        let client = redis::Client::open(self.url())
+            .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))?;
+        let conn = with_timeout(
+            "redis connection",
+            self.timeout(),
+            client.get_multiplexed_async_connection(),
+        )
+        .await?;
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = Some(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    fn drop_shared_conn(&self) {
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = None;
+        }
+    }
+
     /// The precomputed lists of `user` under each of `algorithms`, in one
     /// round trip; `None` where a list is absent or in a format this build
     /// cannot read (the request then falls back instead of failing).
@@ -23,11 +48,18 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = algorithms.iter().map(|a| self.keys.recs(a, user)).collect();
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared_conn().await?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&keys);
         let fut = cmd.query_async::<Vec<Option<String>>>(&mut conn);
-        let values = with_timeout("redis serving lists", self.timeout(), fut).await?;
+        let values = match with_timeout("redis serving lists", self.timeout(), fut).await {
+            Ok(values) => values,
+            Err(e) => {
+                // A dead socket would fail every later request too: reopen next time.
+                self.drop_shared_conn();
+                return Err(e);
+            }
+        };
         Ok(values
             .into_iter()
             .map(|json| json.and_then(|j| serde_json::from_str::<PrecomputedList>(&j).ok()))

@@ -400,4 +400,35 @@ async fn with_redis_down_recommendations_fall_back_to_popular_from_postgres() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(movie_ids(&body)[..2], [33, 34], "{body}");
     assert_eq!(body["items"][0]["source"], "popular");
+
+    // Redis back (empty, as after a flush) with a list for the user: served
+    // again without restarting the api.
+    redis.restart();
+    let arm = body["arm"].as_str().unwrap().to_owned();
+    let algorithm = if arm == "control" {
+        "popularity"
+    } else {
+        "als"
+    };
+    let key_name = stack.stores.redis.keys.recs(algorithm, "r-user");
+    let back = eventually(Duration::from_secs(15), || async {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        let stored: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&key_name)
+            .arg(list("v2", &ALS_LIST))
+            .query_async(&mut conn)
+            .await;
+        stored.is_ok()
+            && recommend(&api, &key, "r-user", "?limit=3&experiment=home")
+                .await
+                .1["items"][0]["source"]
+                == "model"
+    })
+    .await;
+    assert!(back, "lists are served again once Redis is back");
 }
