@@ -432,3 +432,25 @@ async fn with_redis_down_recommendations_fall_back_to_popular_from_postgres() {
     .await;
     assert!(back, "lists are served again once Redis is back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_unreachable_recommendations_still_come_from_redis() {
+    let stack = TestStack::fresh().await;
+    put_lists(&stack, &["p-user".to_owned()]).await;
+    let dead = free_port();
+    let api = spawn_api(&stack, |config| {
+        config.stack.database_url = format!("postgres://marquee:marquee@127.0.0.1:{dead}/marquee");
+        config.stack.store_timeout_ms = 500;
+    })
+    .await;
+    // No experiment can be loaded, so the default algorithm's list is served,
+    // unfiltered (no history either), and nothing fails.
+    let (status, body) = recommend(&api, &api.admin_key, "p-user", "?limit=4").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["algorithm"], "popularity");
+    assert_eq!(movie_ids(&body), POPULARITY_LIST[..4].to_vec(), "{body}");
+    assert_eq!(body["items"][0]["source"], "model");
+    // A key that needs PostgreSQL to be checked, and was never seen, is a 503, not a 500.
+    let (status, body) = recommend(&api, "mq_client_never_seen", "p-user", "").await;
+    assert_eq!(status, 503, "{body}");
+}
