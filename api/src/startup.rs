@@ -69,6 +69,7 @@ impl Application {
                 ttl: Duration::from_millis(config.user_cache_ttl_ms),
                 capacity: config.user_cache_capacity,
             },
+            &config.default_experiment,
         );
         let serving = Arc::new(serving);
         background::warm(&serving, &stores.redis).await;

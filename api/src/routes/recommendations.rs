@@ -122,9 +122,10 @@ pub async fn recommendations(
                 .get(key)
                 .ok_or_else(|| ApiError::not_found("experiment", format!("experiment {key}")))?,
         ),
-        None => ExperimentKey::parse(state.config.default_experiment.clone())
-            .ok()
-            .and_then(|key| experiments.get(&key)),
+        None => serving
+            .default_experiment
+            .as_ref()
+            .and_then(|key| experiments.get(key)),
     };
     let plan = plan(experiment);
     let running = plan

@@ -79,6 +79,8 @@ impl<T> Snapshot<T> {
 
 /// Everything the recommendations and events routes share.
 pub struct Serving {
+    /// `MARQUEE_DEFAULT_EXPERIMENT`, parsed once rather than on every request; `None` if invalid.
+    pub default_experiment: Option<ExperimentKey>,
     pub pg: PgServing,
     pub producer: EventProducer,
     pub catalog: Snapshot<CatalogSnapshot>,
@@ -113,6 +115,7 @@ impl Serving {
         producer: EventProducer,
         queue_len: usize,
         user_cache: UserCacheSettings,
+        default_experiment: &str,
     ) -> (Self, ServingQueues) {
         let user_contexts = (!user_cache.ttl.is_zero()).then(|| {
             moka::sync::Cache::builder()
@@ -124,6 +127,7 @@ impl Serving {
         let (assignments_tx, assignments_rx) = mpsc::channel(queue_len.max(1));
         (
             Self {
+                default_experiment: ExperimentKey::parse(default_experiment).ok(),
                 pg,
                 producer,
                 catalog: Snapshot::default(),
