@@ -274,10 +274,55 @@ impl Event {
         }
     }
 
+    /// The wire form, the same JSON as [`Event::to_raw`] serialises to but
+    /// without building owned strings first: the api emits one per request.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serialising a struct of plain fields cannot fail.
-        serde_json::to_vec(&self.to_raw()).unwrap_or_default()
+        let imp = self.impression.as_ref();
+        let wire = WireEvent {
+            event_id: self.id,
+            kind: self.kind.as_str(),
+            user_id: self.user_id.as_str(),
+            movie_id: self.movie_id.map(MovieId::get),
+            request_id: self.request_id,
+            ts: self.ts,
+            value: self.value,
+            experiment: imp.map(|i| i.experiment.as_str()),
+            arm: imp.map(|i| i.arm.as_str()),
+            algorithm: imp.map(|i| i.algorithm.as_str()),
+            model_version: imp.and_then(|i| i.model_version.as_deref()),
+            items: imp.map(|i| i.items.as_slice()),
+        };
+        let mut out = Vec::with_capacity(256);
+        // Serialising plain fields into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &wire);
+        out
     }
+}
+
+/// [`RawEvent`]'s fields, borrowed from an [`Event`], in the same order.
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    event_id: EventId,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    movie_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<RequestId>,
+    ts: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experiment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    algorithm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items: Option<&'a [ServedItem]>,
 }
 
 #[cfg(test)]
@@ -304,6 +349,39 @@ mod tests {
         assert_eq!(event.ts, now());
         let again = Event::from_json(&event.to_json(), now(), EventRules::default()).unwrap();
         assert_eq!(again, event);
+    }
+
+    #[test]
+    fn the_wire_form_is_the_raw_form_serialised() {
+        let impression = RawEvent {
+            event_id: Some(Uuid::now_v7().to_string()),
+            kind: Some("impression".into()),
+            user_id: Some("u\"1".into()),
+            request_id: Some(Uuid::now_v7().to_string()),
+            ts: Some("2026-01-01T00:00:00.123456Z".parse().unwrap()),
+            experiment: Some("home".into()),
+            arm: Some("b".into()),
+            algorithm: Some("als".into()),
+            model_version: Some("v1".into()),
+            items: Some(vec![ServedItem {
+                movie_id: MovieId::parse(3).unwrap(),
+                position: 0,
+            }]),
+            ..Default::default()
+        };
+        let conversion = RawEvent {
+            kind: Some("conversion".into()),
+            value: Some(9.5),
+            ts: Some(now()),
+            ..click()
+        };
+        for raw in [impression, conversion] {
+            let event = raw.clone().validate(now(), EventRules::default()).unwrap();
+            assert_eq!(
+                String::from_utf8(event.to_json()).unwrap(),
+                serde_json::to_string(&event.to_raw()).unwrap()
+            );
+        }
     }
 
     #[test]
