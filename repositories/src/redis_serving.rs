@@ -51,7 +51,7 @@ impl RedisStore {
         let mut conn = self.shared_conn().await?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&keys);
-        let fut = cmd.query_async::<Vec<Option<String>>>(&mut conn);
+        let fut = cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn);
         let values = match with_timeout("redis serving lists", self.timeout(), fut).await {
             Ok(values) => values,
             Err(e) => {
@@ -62,7 +62,7 @@ impl RedisStore {
         };
         Ok(values
             .into_iter()
-            .map(|json| json.and_then(|j| serde_json::from_str::<PrecomputedList>(&j).ok()))
+            .map(|json| json.and_then(|j| serde_json::from_slice::<PrecomputedList>(&j).ok()))
             .collect())
     }
 

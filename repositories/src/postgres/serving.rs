@@ -29,7 +29,8 @@ pub struct PgServing {
 #[derive(Debug, Clone, Default)]
 pub struct UserContext {
     pub sticky_arm: Option<ArmKey>,
-    pub seen: Vec<MovieId>,
+    /// A set: every request filters its candidates through it.
+    pub seen: std::collections::HashSet<MovieId>,
 }
 
 /// A new assignment to record for sticky bucketing.
