@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use repositories::postgres::api_keys::{self, Role, StoredKey};
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -25,13 +24,30 @@ const KEY_CACHE_MAX: usize = 10_000;
 /// One cached lookup: the key found (None: known to be invalid) and when.
 type CachedLookup = (Option<StoredKey>, Instant);
 
-/// Cache of key hash → lookup result.
+/// Cache of key hash → lookup result, plus the bootstrap admin key's hash.
 #[derive(Clone, Default)]
 pub struct KeyCache {
     entries: Arc<RwLock<HashMap<String, CachedLookup>>>,
+    /// Hashed once at startup, so a request hashes its key once in all.
+    bootstrap_hash: Option<Arc<str>>,
 }
 
 impl KeyCache {
+    /// An empty cache; `bootstrap_admin_key` (empty: none) is always an admin.
+    pub fn new(bootstrap_admin_key: &str) -> Self {
+        Self {
+            entries: Default::default(),
+            bootstrap_hash: (!bootstrap_admin_key.is_empty())
+                .then(|| api_keys::hash_key(bootstrap_admin_key).into()),
+        }
+    }
+
+    fn is_bootstrap(&self, hash: &str) -> bool {
+        self.bootstrap_hash
+            .as_deref()
+            .is_some_and(|bootstrap| same_hash(hash, bootstrap))
+    }
+
     /// A lookup younger than the cache lifetime.
     fn get(&self, hash: &str) -> Option<Option<StoredKey>> {
         let entries = self.entries.read().ok()?;
@@ -110,13 +126,13 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Constant-time comparison of two secrets of possibly different length.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (ha, hb) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    ha.iter()
-        .zip(hb.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+/// Constant-time comparison of two key hashes (hex of SHA-256, so equal length).
+fn same_hash(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Resolve the presented key to a caller, or 401.
@@ -124,11 +140,10 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
     let key = presented_key(parts)
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
-    let bootstrap = &state.config.bootstrap_admin_key;
-    if !bootstrap.is_empty() && same_secret(&key, bootstrap) {
+    let hash = api_keys::hash_key(&key);
+    if state.keys.is_bootstrap(&hash) {
         return Ok(Caller { role: Role::Admin });
     }
-    let hash = api_keys::hash_key(&key);
     let stored = match state.keys.get(&hash) {
         Some(cached) => cached,
         None => {
@@ -200,9 +215,11 @@ mod tests {
     }
 
     #[test]
-    fn compares_secrets_exactly() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
+    fn only_the_bootstrap_key_itself_is_the_bootstrap_key() {
+        let cache = KeyCache::new("mq_admin_secret");
+        assert!(cache.is_bootstrap(&api_keys::hash_key("mq_admin_secret")));
+        assert!(!cache.is_bootstrap(&api_keys::hash_key("mq_admin_secreT")));
+        assert!(!KeyCache::new("").is_bootstrap(&api_keys::hash_key("")));
+        assert!(!same_hash("abc", "abcd"));
     }
 }

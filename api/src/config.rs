@@ -21,7 +21,8 @@ pub struct ApiConfig {
     /// Most events in one `POST /v1/events`.
     #[arg(long, env = "MARQUEE_MAX_EVENTS_PER_BATCH", default_value_t = 1000)]
     pub max_events_per_batch: usize,
-    /// Impressions buffered in memory while Kafka is slow; beyond it they are dropped and counted.
+    /// Impressions buffered in the Kafka producer while Kafka is slow (and new
+    /// assignments queued for PostgreSQL); beyond it they are dropped and counted.
     #[arg(long, env = "MARQUEE_IMPRESSION_QUEUE", default_value_t = 10_000)]
     pub impression_queue: usize,
     /// Experiment used when a recommendations request names none.
@@ -45,6 +46,15 @@ pub struct ApiConfig {
     /// Most users kept in that cache.
     #[arg(long, env = "MARQUEE_USER_CACHE_CAPACITY", default_value_t = 200_000)]
     pub user_cache_capacity: u64,
+    /// How long a user's precomputed list (or its absence) is reused from
+    /// process memory before Redis is asked again, in milliseconds (0: always
+    /// ask). The model loop rewrites lists every few minutes, so seconds of
+    /// reuse cost little freshness and spare most requests a Redis round trip.
+    #[arg(long, env = "MARQUEE_LIST_CACHE_TTL_MS", default_value_t = 2_000)]
+    pub list_cache_ttl_ms: u64,
+    /// Most (algorithm, user) lists kept in that cache (a 50-movie list is about 1 KiB).
+    #[arg(long, env = "MARQUEE_LIST_CACHE_CAPACITY", default_value_t = 50_000)]
+    pub list_cache_capacity: u64,
     /// Milliseconds between reloads of `hot:movies` into process memory.
     #[arg(long, env = "MARQUEE_HOT_REFRESH_MS", default_value_t = 1000)]
     pub hot_refresh_ms: u64,

@@ -11,7 +11,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use repositories::kafka::EventProducer;
+use repositories::kafka::{BufferedProducer, EventProducer};
 use repositories::postgres::serving::PgServing;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
@@ -26,12 +26,16 @@ use crate::config::ApiConfig;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::serving::background::{self, RefreshIntervals};
-use crate::serving::{Serving, UserCacheSettings};
+use crate::serving::{CacheSettings, Serving, ServingMetrics};
 use crate::state::AppState;
 use crate::telemetry;
 
 /// Longest wait at shutdown for queued impressions and assignments to be written.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// How long librdkafka gathers impressions into one produce request: larger
+/// batches cost the broker less per impression; nobody waits on them.
+const IMPRESSION_LINGER_MS: u32 = 20;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -61,13 +65,25 @@ impl Application {
         let timeout = Duration::from_millis(config.serving_timeout_ms.max(1));
         let producer =
             EventProducer::new(&config.stack.kafka(), 5).context("creating the kafka producer")?;
+        let impressions = BufferedProducer::new(
+            &config.stack.kafka(),
+            IMPRESSION_LINGER_MS,
+            config.impression_queue,
+            ServingMetrics::impression_deliveries(),
+        )
+        .context("creating the impression producer")?;
         let (serving, queues) = Serving::new(
             PgServing::new(stores.pg.clone(), config.stack.timeout().max(timeout)),
             producer,
+            impressions,
             config.impression_queue,
-            UserCacheSettings {
+            CacheSettings {
                 ttl: Duration::from_millis(config.user_cache_ttl_ms),
                 capacity: config.user_cache_capacity,
+            },
+            CacheSettings {
+                ttl: Duration::from_millis(config.list_cache_ttl_ms),
+                capacity: config.list_cache_capacity,
             },
             &config.default_experiment,
         );
@@ -87,7 +103,7 @@ impl Application {
             config: Arc::new(config.clone()),
             stores: Arc::new(stores),
             prometheus: telemetry::prometheus(),
-            keys: Default::default(),
+            keys: crate::auth::KeyCache::new(&config.bootstrap_admin_key),
             serving,
         };
         let router = build_router(state.clone());
@@ -139,7 +155,11 @@ impl Application {
         self.shutdown.cancel();
         self.background_stop.cancel();
         let drained = futures::future::join_all(self.tasks);
-        if tokio::time::timeout(SHUTDOWN_DRAIN, drained).await.is_err() {
+        let flushed = background::flush_impressions(self.state.serving.clone(), SHUTDOWN_DRAIN);
+        if tokio::time::timeout(SHUTDOWN_DRAIN, futures::future::join(drained, flushed))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "background tasks did not finish within {SHUTDOWN_DRAIN:?}; exiting anyway"
             );

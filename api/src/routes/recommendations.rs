@@ -1,11 +1,14 @@
 //! `GET /v1/users/{user_id}/recommendations`: assign, look up, compose, emit.
 //!
-//! The request path makes two reads in parallel (one Redis MGET of every
-//! arm's list, and the sticky arm and seen movies: from process memory for a
-//! returning user, else one PostgreSQL query), each under a short time limit;
-//! whichever fails degrades the answer instead of failing it. Impressions and new assignments leave through bounded queues.
+//! The request path makes two reads in parallel (the arms' lists: from process
+//! memory when Redis answered a moment ago, else one Redis MGET; and the
+//! sticky arm and seen movies: from process memory for a returning user, else
+//! one PostgreSQL query), each under a short time limit;
+//! whichever fails degrades the answer instead of failing it. Impressions and
+//! new assignments leave through bounded buffers.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,7 +16,7 @@ use axum::Json;
 use chrono::Utc;
 use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
 use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
-use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
+use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, RequestId, UserId};
 use domain::recommend::PrecomputedList;
 use domain::serving::{compose, ItemSource};
 use repositories::postgres::serving::{NewAssignment, UserContext};
@@ -134,7 +137,7 @@ pub async fn recommendations(
 
     let limit_time = Duration::from_millis(state.config.serving_timeout_ms);
     let experiment_key = running.map(Experiment::key);
-    let (context, fetched, lists) = match serving.cached_context(experiment_key, &user) {
+    let (context, fetched, mut lists) = match serving.cached_context(experiment_key, &user) {
         // A returning user's arm is known before Redis is asked: fetch only its list.
         Some(context) => {
             let algorithm = served_by(&plan, running, &user, &context).2;
@@ -156,13 +159,14 @@ pub async fn recommendations(
     let list = fetched
         .iter()
         .position(|a| *a == algorithm)
-        .and_then(|i| lists.get(i).cloned().flatten());
-    metrics::counter!("marquee_recs_cache_total", "result" => if list.is_some() { "hit" } else { "miss" })
-        .increment(1);
+        .and_then(|i| lists.get_mut(i).and_then(Option::take));
+    match list {
+        Some(_) => serving.metrics.list_hit.increment(1),
+        None => serving.metrics.list_miss.increment(1),
+    }
 
     let catalog = serving.catalog.get();
     let hot = serving.hot.get();
-    let seen: HashSet<MovieId> = context.seen.iter().copied().collect();
     let model_items = list
         .as_ref()
         .map(|l| l.items.as_slice())
@@ -175,11 +179,11 @@ pub async fn recommendations(
             (ItemSource::Popular, &catalog.popular),
             (ItemSource::Catalog, &catalog.any),
         ],
-        &seen,
+        &context.seen,
         |m| catalog.titles.is_empty() || catalog.titles.contains_key(&m),
     );
     let from_model = chosen.iter().any(|c| c.source == ItemSource::Model);
-    let model_version = list.filter(|_| from_model).map(|l| l.model_version);
+    let model_version = list.filter(|_| from_model).map(|l| l.model_version.clone());
     let request_id = Uuid::now_v7();
 
     if let (Some(e), Some(a)) = (running, &assignment) {
@@ -195,7 +199,7 @@ pub async fn recommendations(
         }
         if !chosen.is_empty() {
             if let Ok(algorithm_key) = AlgorithmKey::parse(algorithm) {
-                serving.emit_impression(impression(
+                serving.emit_impression(&impression(
                     &user,
                     request_id,
                     e.key().clone(),
@@ -252,28 +256,51 @@ fn served_by<'a>(
     (assignment, arm, algorithm)
 }
 
-/// The precomputed lists of `algorithms` for `user`; all `None` (fallbacks
-/// serve) when Redis fails or is slower than `limit`.
+/// The precomputed lists of `algorithms` for `user`: from process memory
+/// where a fresh answer is there, the rest in one Redis round trip. `None`
+/// (fallbacks serve) where Redis has none, fails, or is slower than `limit`.
 async fn read_lists(
     state: &AppState,
     algorithms: &[&str],
     user: &UserId,
     limit: Duration,
-) -> Vec<Option<PrecomputedList>> {
-    let read = state.stores.redis.serving_lists(algorithms, user.as_str());
-    match tokio::time::timeout(limit, read).await {
-        Ok(Ok(lists)) => lists,
-        Ok(Err(e)) => {
-            metrics::counter!("marquee_recs_cache_total", "result" => "error").increment(1);
-            tracing::warn!(error = %e, "reading precomputed lists failed; serving fallbacks");
-            vec![None; algorithms.len()]
-        }
-        Err(_) => {
-            metrics::counter!("marquee_recs_cache_total", "result" => "timeout").increment(1);
-            tracing::warn!("reading precomputed lists timed out; serving fallbacks");
-            vec![None; algorithms.len()]
+) -> Vec<Option<Arc<PrecomputedList>>> {
+    let serving = &state.serving;
+    let mut lists = Vec::with_capacity(algorithms.len());
+    let mut missing = Vec::new();
+    for (i, algorithm) in algorithms.iter().enumerate() {
+        match serving.cached_list(algorithm, user) {
+            Some(list) => lists.push(list),
+            None => {
+                lists.push(None);
+                missing.push((i, *algorithm));
+            }
         }
     }
+    if missing.is_empty() {
+        return lists;
+    }
+    let names: Vec<&str> = missing.iter().map(|(_, a)| *a).collect();
+    let read = state.stores.redis.serving_lists(&names, user.as_str());
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok(fetched)) => {
+            for ((i, algorithm), list) in missing.into_iter().zip(fetched) {
+                let list = list.map(Arc::new);
+                serving.remember_list(algorithm, user, list.clone());
+                lists[i] = list;
+            }
+        }
+        // Failures are not remembered: the next request asks Redis again.
+        Ok(Err(e)) => {
+            serving.metrics.list_error.increment(1);
+            tracing::warn!(error = %e, "reading precomputed lists failed; serving fallbacks");
+        }
+        Err(_) => {
+            serving.metrics.list_timeout.increment(1);
+            tracing::warn!("reading precomputed lists timed out; serving fallbacks");
+        }
+    }
+    lists
 }
 
 fn plan(experiment: Option<&Experiment>) -> Plan<'_> {

@@ -1,12 +1,12 @@
-//! Tasks that keep the serving snapshots fresh and drain the queues.
+//! Tasks that keep the serving snapshots fresh and drain the assignment queue.
 //!
-//! Each runs until the shutdown token is cancelled; the queue drainers then
-//! flush what is left, so a graceful stop loses no accepted impression.
+//! Each runs until the shutdown token is cancelled; the drainer then writes
+//! what is left. Impressions need no task: librdkafka batches them itself,
+//! and [`flush_impressions`] waits for them at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::events::Event;
 use futures::StreamExt;
 use repositories::postgres::serving::NewAssignment;
 use repositories::redis::RedisStore;
@@ -18,7 +18,7 @@ use super::{CatalogSnapshot, Serving, ServingQueues, FALLBACK_LEN};
 
 /// How far back the PostgreSQL popular list looks.
 const POPULAR_WINDOW: Duration = Duration::from_secs(30 * 86_400);
-/// Most items taken from a queue per Kafka or PostgreSQL write.
+/// Most assignments taken from the queue per PostgreSQL write.
 const DRAIN_BATCH: usize = 500;
 /// How long a drainer waits to fill a batch once it has one item.
 const DRAIN_LINGER: Duration = Duration::from_millis(20);
@@ -59,11 +59,6 @@ pub fn spawn(
             shutdown.clone(),
         )),
         tokio::spawn(weights_subscriber(serving.clone(), redis, shutdown.clone())),
-        tokio::spawn(impression_drainer(
-            serving.clone(),
-            queues.impressions,
-            shutdown.clone(),
-        )),
         tokio::spawn(assignment_drainer(serving, queues.assignments, shutdown)),
     ]
 }
@@ -214,23 +209,20 @@ async fn next_batch<T>(
     Some(batch)
 }
 
-async fn impression_drainer(
-    serving: Arc<Serving>,
-    mut queue: mpsc::Receiver<Event>,
-    shutdown: CancellationToken,
-) {
-    while let Some(batch) = next_batch(&mut queue, &shutdown).await {
-        let results = serving.producer.send_all(&batch).await;
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        metrics::counter!("marquee_impressions_sent_total")
-            .increment((batch.len() - failed) as u64);
-        if failed > 0 {
-            metrics::counter!("marquee_impressions_dropped_total", "reason" => "kafka")
-                .increment(failed as u64);
-            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-                tracing::warn!(error = %e, failed, "impressions not delivered to kafka; dropped");
-            }
-        }
+/// Wait up to `limit` for buffered impressions to reach Kafka, so a graceful
+/// stop loses none that the broker can take.
+pub async fn flush_impressions(serving: Arc<Serving>, limit: Duration) {
+    let pending = serving.impressions.pending();
+    if pending == 0 {
+        return;
+    }
+    tracing::info!(pending, "flushing buffered impressions to kafka");
+    // librdkafka's flush blocks its caller.
+    let flushed = tokio::task::spawn_blocking(move || serving.impressions.flush(limit)).await;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "impressions still buffered at exit are lost"),
+        Err(e) => tracing::warn!(error = %e, "flushing impressions did not finish"),
     }
 }
 

@@ -1,11 +1,12 @@
 //! The recommendations path's in-process state: cached catalog, experiments
-//! and hot movies, plus the bounded queues that take impressions and new
+//! and hot movies, plus the bounded buffers that take impressions and new
 //! assignments off the request path.
 //!
 //! Requests only read snapshots (an `Arc` behind a briefly held lock); the
 //! background tasks in [`background`] replace them.
 
 pub mod background;
+pub mod cache;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -15,10 +16,12 @@ use std::time::Duration;
 
 use domain::experiment::Experiment;
 use domain::ids::{ExperimentKey, MovieId, UserId};
-use domain::recommend::{CatalogEntry, ScoredItem};
-use repositories::kafka::EventProducer;
+use domain::recommend::{CatalogEntry, PrecomputedList, ScoredItem};
+use repositories::kafka::{BufferedProducer, EventProducer, Refused};
 use repositories::postgres::serving::{NewAssignment, PgServing, UserContext};
 use tokio::sync::mpsc;
+
+use cache::{ExpiringCache, UserKey, UserKeyRef};
 
 /// Movies kept for the last-resort fallbacks (popular, any catalog movie).
 pub const FALLBACK_LEN: usize = 200;
@@ -82,74 +85,130 @@ pub struct Serving {
     /// `MARQUEE_DEFAULT_EXPERIMENT`, parsed once rather than on every request; `None` if invalid.
     pub default_experiment: Option<ExperimentKey>,
     pub pg: PgServing,
+    /// Client events (`POST /v1/events`): each waits for the broker's ack.
     pub producer: EventProducer,
+    /// Impressions: buffered and batched by librdkafka, never awaited.
+    pub impressions: BufferedProducer,
     pub catalog: Snapshot<CatalogSnapshot>,
     pub experiments: Snapshot<HashMap<ExperimentKey, Experiment>>,
     pub hot: Snapshot<Vec<ScoredItem>>,
-    impressions: mpsc::Sender<Event>,
     assignments: mpsc::Sender<NewAssignment>,
+    pub metrics: ServingMetrics,
     /// Sticky arm and seen movies per (experiment, user), so a returning user
     /// costs no PostgreSQL round trip; `None` when disabled.
-    user_contexts: Option<moka::sync::Cache<ContextKey, Arc<UserContext>>>,
+    /// Keyed by (experiment, user).
+    user_contexts: Option<ExpiringCache<UserKey, Arc<UserContext>>>,
+    /// Precomputed lists by (algorithm, user), `None` for "Redis has none";
+    /// `None` when disabled.
+    lists: Option<ExpiringCache<UserKey, Option<Arc<PrecomputedList>>>>,
 }
 
-/// Which experiment's sticky arm a cached context holds, and for whom.
-type ContextKey = (Option<ExperimentKey>, UserId);
-
-/// Sizing of the per-user context cache.
+/// Lifetime and size of one of the per-user caches.
 #[derive(Debug, Clone, Copy)]
-pub struct UserCacheSettings {
+pub struct CacheSettings {
     pub ttl: Duration,
     pub capacity: u64,
 }
 
-/// The receiving ends, handed to the background tasks.
+impl CacheSettings {
+    /// A cache of this lifetime and size, or `None` for a zero lifetime.
+    fn build<V: Clone>(self) -> Option<ExpiringCache<UserKey, V>> {
+        ExpiringCache::new(self.ttl, self.capacity)
+    }
+}
+
+/// The receiving end of the assignment queue, handed to its drainer.
 pub struct ServingQueues {
-    pub impressions: mpsc::Receiver<Event>,
     pub assignments: mpsc::Receiver<NewAssignment>,
+}
+
+/// Counters of the recommendations path, registered once: looking a metric
+/// up by its labels costs allocations and hashing on every request.
+pub struct ServingMetrics {
+    pub list_hit: metrics::Counter,
+    pub list_miss: metrics::Counter,
+    pub list_error: metrics::Counter,
+    pub list_timeout: metrics::Counter,
+    context_hit: metrics::Counter,
+    context_miss: metrics::Counter,
+    list_memory_hit: metrics::Counter,
+    list_memory_miss: metrics::Counter,
+    impressions_buffer_full: metrics::Counter,
+    impressions_refused: metrics::Counter,
+    assignments_dropped: metrics::Counter,
+}
+
+impl ServingMetrics {
+    fn register() -> Self {
+        let list = |result: &'static str| metrics::counter!("marquee_recs_cache_total", "result" => result);
+        let context = |result: &'static str| metrics::counter!("marquee_user_context_total", "result" => result);
+        let dropped = |reason: &'static str| metrics::counter!("marquee_impressions_dropped_total", "reason" => reason);
+        Self {
+            list_hit: list("hit"),
+            list_miss: list("miss"),
+            list_error: list("error"),
+            list_timeout: list("timeout"),
+            context_hit: context("hit"),
+            context_miss: context("miss"),
+            list_memory_hit: metrics::counter!("marquee_list_memory_total", "result" => "hit"),
+            list_memory_miss: metrics::counter!("marquee_list_memory_total", "result" => "miss"),
+            impressions_buffer_full: dropped("queue_full"),
+            impressions_refused: dropped("refused"),
+            assignments_dropped: metrics::counter!("marquee_assignments_dropped_total"),
+        }
+    }
+
+    /// Delivery outcomes of impressions, counted by the producer's callback.
+    pub fn impression_deliveries() -> repositories::kafka::DeliveryCounters {
+        repositories::kafka::DeliveryCounters {
+            delivered: metrics::counter!("marquee_impressions_sent_total"),
+            failed: metrics::counter!("marquee_impressions_dropped_total", "reason" => "kafka"),
+        }
+    }
 }
 
 impl Serving {
     pub fn new(
         pg: PgServing,
         producer: EventProducer,
+        impressions: BufferedProducer,
         queue_len: usize,
-        user_cache: UserCacheSettings,
+        user_cache: CacheSettings,
+        list_cache: CacheSettings,
         default_experiment: &str,
     ) -> (Self, ServingQueues) {
-        let user_contexts = (!user_cache.ttl.is_zero()).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(user_cache.capacity)
-                .time_to_live(user_cache.ttl)
-                .build()
-        });
-        let (impressions_tx, impressions_rx) = mpsc::channel(queue_len.max(1));
         let (assignments_tx, assignments_rx) = mpsc::channel(queue_len.max(1));
         (
             Self {
                 default_experiment: ExperimentKey::parse(default_experiment).ok(),
                 pg,
                 producer,
+                impressions,
                 catalog: Snapshot::default(),
                 experiments: Snapshot::default(),
                 hot: Snapshot::default(),
-                impressions: impressions_tx,
                 assignments: assignments_tx,
-                user_contexts,
+                user_contexts: user_cache.build(),
+                lists: list_cache.build(),
+                metrics: ServingMetrics::register(),
             },
             ServingQueues {
-                impressions: impressions_rx,
                 assignments: assignments_rx,
             },
         )
     }
 
-    /// Queue an impression for Kafka without waiting; a full queue (Kafka slow
-    /// or down) drops it and counts the drop, so the response is never held up.
-    pub fn emit_impression(&self, event: Event) {
-        if self.impressions.try_send(event).is_err() {
-            metrics::counter!("marquee_impressions_dropped_total", "reason" => "queue_full")
-                .increment(1);
+    /// Hand an impression to the Kafka buffer without waiting; a full buffer
+    /// (Kafka slow or down) drops it and counts the drop, so the response is
+    /// never held up.
+    pub fn emit_impression(&self, event: &Event) {
+        match self.impressions.send(event) {
+            Ok(()) => {}
+            Err(Refused::BufferFull) => self.metrics.impressions_buffer_full.increment(1),
+            Err(Refused::Kafka(e)) => {
+                self.metrics.impressions_refused.increment(1);
+                tracing::warn!(error = %e, "kafka refused an impression; dropped");
+            }
         }
     }
 
@@ -159,13 +218,45 @@ impl Serving {
         experiment: Option<&ExperimentKey>,
         user: &UserId,
     ) -> Option<Arc<UserContext>> {
-        let hit = self
-            .user_contexts
-            .as_ref()?
-            .get(&(experiment.cloned(), user.clone()));
-        let result = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("marquee_user_context_total", "result" => result).increment(1);
+        let hit = self.user_contexts.as_ref()?.get(&UserKeyRef::new(
+            experiment.map(ExperimentKey::as_str),
+            user.as_str(),
+        ));
+        match hit {
+            Some(_) => self.metrics.context_hit.increment(1),
+            None => self.metrics.context_miss.increment(1),
+        }
         hit
+    }
+
+    /// `algorithm`'s list for `user` if process memory holds a fresh answer:
+    /// `Some(None)` means Redis had no list a moment ago.
+    pub fn cached_list(
+        &self,
+        algorithm: &str,
+        user: &UserId,
+    ) -> Option<Option<Arc<PrecomputedList>>> {
+        let hit = self
+            .lists
+            .as_ref()?
+            .get(&UserKeyRef::new(Some(algorithm), user.as_str()));
+        match hit {
+            Some(_) => self.metrics.list_memory_hit.increment(1),
+            None => self.metrics.list_memory_miss.increment(1),
+        }
+        hit
+    }
+
+    /// Remember what Redis answered for `algorithm`'s list of `user`.
+    pub fn remember_list(
+        &self,
+        algorithm: &str,
+        user: &UserId,
+        list: Option<Arc<PrecomputedList>>,
+    ) {
+        if let Some(cache) = &self.lists {
+            cache.insert(UserKey::new(Some(algorithm), user.as_str()), list);
+        }
     }
 
     /// The user's sticky arm in `experiment` and the movies they saw, read
@@ -178,7 +269,7 @@ impl Serving {
         user: &UserId,
         limit: Duration,
     ) -> Option<Arc<UserContext>> {
-        let key = (experiment.cloned(), user.clone());
+        let key = UserKey::new(experiment.map(ExperimentKey::as_str), user.as_str());
         match tokio::time::timeout(limit, self.pg.user_context(experiment, user)).await {
             Ok(Ok(context)) => {
                 let context = Arc::new(context);
@@ -210,9 +301,9 @@ impl Serving {
                 seen: context.seen.clone(),
             };
             cache.insert(
-                (
-                    Some(assignment.experiment.clone()),
-                    assignment.user_id.clone(),
+                UserKey::new(
+                    Some(assignment.experiment.as_str()),
+                    assignment.user_id.as_str(),
                 ),
                 Arc::new(remembered),
             );
@@ -220,7 +311,7 @@ impl Serving {
         if self.assignments.try_send(assignment).is_err() {
             // The user will be re-hashed to the same arm until weights change;
             // losing the record only loses stickiness across a weight change.
-            metrics::counter!("marquee_assignments_dropped_total").increment(1);
+            self.metrics.assignments_dropped.increment(1);
         }
     }
 }
