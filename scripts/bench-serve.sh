@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Serving throughput: the release api under wrk (DURATION seconds, CONNECTIONS
 # connections, 2 threads) against GET /v1/users/{random user}/recommendations
-# and, in the same script as the baseline, against GET /health/live. Prints
-# rps, p50 and p99 of both, their ratio, and the api's peak RSS.
+# and, in the same script as the baseline, against GET /health/live; then the
+# recommendations route again with the in-process list cache off, so every
+# request makes its Redis MGET. Prints rps, p50 and p99 of each, the ratios to
+# the baseline, and the api's peak RSS.
 #
 # Data: MOVIES movies, an experiment `bench` with two running arms, and a
 # precomputed 50-movie list per arm for USERS users in Redis; each user has
@@ -59,23 +61,43 @@ for u in range(users):
 w(cmd("ZADD", "bench-serve:hot:movies", *[x for m in range(1, 201) for x in (1000 - m, m)]))
 PY
 
-target/release/api serve >/tmp/marquee-bench-serve.log 2>&1 &
-api_pid=$!
-trap 'kill $api_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
+start_api() {
+  env "$@" target/release/api serve >/tmp/marquee-bench-serve.log 2>&1 &
+  api_pid=$!
+  trap 'kill $api_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+stop_api() { kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; trap - EXIT; }
+start_api
 CLIENT_KEY="$(target/release/api keys create --role client --name bench 2>/dev/null | tail -1 || true)"
 [ -n "$CLIENT_KEY" ] || CLIENT_KEY="bench-admin-key"
 
 lua="$(mktemp --suffix=.lua)"
 cat >"$lua" <<LUA
-math.randomseed(42)
-request = function()
-  return wrk.format("GET", "/v1/users/u" .. math.random(0, $USERS - 1) .. "/recommendations?limit=10", { ["x-api-key"] = "$CLIENT_KEY" })
+-- Requests for random users, formatted once per thread before the run, so
+-- wrk spends no more per request than on the bare route (it shares the cores).
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", 42 + threads)
+end
+local requests = {}
+local next_request = 0
+function init(args)
+  math.randomseed(seed or 42)
+  for i = 1, 20000 do
+    requests[i] = wrk.format("GET", "/v1/users/u" .. math.random(0, $USERS - 1) .. "/recommendations?limit=10", { ["x-api-key"] = "$CLIENT_KEY" })
+  end
+end
+function request()
+  next_request = next_request % #requests + 1
+  return requests[next_request]
 end
 LUA
 curl -fsS -o /dev/null -H "x-api-key: $CLIENT_KEY" "http://127.0.0.1:$PORT/v1/users/u1/recommendations" || { tail -20 /tmp/marquee-bench-serve.log; exit 1; }
 # Warm-up: key cache, connection pools, page cache.
-wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/null
+warm() { wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/null; }
+warm
 
 run() { wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
 echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations"
@@ -83,8 +105,13 @@ recs="$(run -s "$lua" "http://127.0.0.1:$PORT")"
 echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: /health/live"
 live="$(run "http://127.0.0.1:$PORT/health/live")"
 rss_kb="$(awk '/VmHWM/ {print $2}' "/proc/$api_pid/status")"
-kill $api_pid; wait $api_pid 2>/dev/null || true
-trap - EXIT
+stop_api
+# The same route with the in-process list cache off: every request reads Redis.
+start_api MARQUEE_LIST_CACHE_TTL_MS=0
+warm
+echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations, list cache off"
+uncached="$(run -s "$lua" "http://127.0.0.1:$PORT")"
+stop_api
 rm -f "$lua"
 
 # wrk prints latencies as 1.23ms / 456.78us / 1.2s; normalise to ms.
@@ -92,10 +119,12 @@ to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms
 field() { echo "$1" | awk -v k="$2" '$1 == k {print $2}' | to_ms; }
 rps() { echo "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
 errors() { echo "$1" | awk '/Non-2xx|Socket errors/ {print}' ; }
-recs_rps="$(rps "$recs")"; live_rps="$(rps "$live")"
-printf '\n%-40s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
-printf '%-40s %10s %9s %9s\n' "GET /v1/users/{id}/recommendations" "$recs_rps" "$(field "$recs" 50%)" "$(field "$recs" 99%)"
-printf '%-40s %10s %9s %9s\n' "GET /health/live (baseline)" "$live_rps" "$(field "$live" 50%)" "$(field "$live" 99%)"
+recs_rps="$(rps "$recs")"; live_rps="$(rps "$live")"; uncached_rps="$(rps "$uncached")"
+printf '\n%-48s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
+printf '%-48s %10s %9s %9s\n' "GET /v1/users/{id}/recommendations" "$recs_rps" "$(field "$recs" 50%)" "$(field "$recs" 99%)"
+printf '%-48s %10s %9s %9s\n' "GET /health/live (baseline)" "$live_rps" "$(field "$live" 50%)" "$(field "$live" 99%)"
+printf '%-48s %10s %9s %9s\n' "recommendations, list cache off (every MGET)" "$uncached_rps" "$(field "$uncached" 50%)" "$(field "$uncached" 99%)"
 echo "ratio recommendations/live rps: $(echo "scale=2; $recs_rps / $live_rps" | bc)"
+echo "ratio with the list cache off:   $(echo "scale=2; $uncached_rps / $live_rps" | bc)"
 echo "api peak RSS: $((rss_kb / 1024)) MiB"
-errors "$recs"; errors "$live"
+errors "$recs"; errors "$live"; errors "$uncached"
