@@ -16,8 +16,6 @@ use repositories::postgres::api_keys::{self, Role, StoredKey};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// How long a looked-up key (or its absence) is trusted without asking PostgreSQL again.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Bound on cached lookups, so random keys from an attacker cannot grow memory without end.
 const KEY_CACHE_MAX: usize = 10_000;
 
@@ -30,13 +28,17 @@ pub struct KeyCache {
     entries: Arc<RwLock<HashMap<String, CachedLookup>>>,
     /// Hashed once at startup, so a request hashes its key once in all.
     bootstrap_hash: Option<Arc<str>>,
+    /// How long a looked-up key (or its absence) is trusted without asking PostgreSQL again.
+    ttl: Duration,
 }
 
 impl KeyCache {
-    /// An empty cache; `bootstrap_admin_key` (empty: none) is always an admin.
-    pub fn new(bootstrap_admin_key: &str) -> Self {
+    /// An empty cache trusting lookups for `ttl`; `bootstrap_admin_key`
+    /// (empty: none) is always an admin.
+    pub fn new(bootstrap_admin_key: &str, ttl: Duration) -> Self {
         Self {
             entries: Default::default(),
+            ttl,
             bootstrap_hash: (!bootstrap_admin_key.is_empty())
                 .then(|| api_keys::hash_key(bootstrap_admin_key).into()),
         }
@@ -52,7 +54,7 @@ impl KeyCache {
     fn get(&self, hash: &str) -> Option<Option<StoredKey>> {
         let entries = self.entries.read().ok()?;
         let (key, at) = entries.get(hash)?;
-        (at.elapsed() < KEY_CACHE_TTL).then_some(*key)
+        (at.elapsed() < self.ttl).then_some(*key)
     }
 
     /// A valid key seen before, however long ago: used only while PostgreSQL
@@ -66,7 +68,8 @@ impl KeyCache {
         if let Ok(mut entries) = self.entries.write() {
             if entries.len() >= KEY_CACHE_MAX {
                 // Invalid keys go first: random keys must not evict real clients.
-                entries.retain(|_, (key, at)| key.is_some() && at.elapsed() < KEY_CACHE_TTL);
+                let ttl = self.ttl;
+                entries.retain(|_, (key, at)| key.is_some() && at.elapsed() < ttl);
                 if entries.len() >= KEY_CACHE_MAX {
                     entries.clear();
                 }
@@ -216,10 +219,10 @@ mod tests {
 
     #[test]
     fn only_the_bootstrap_key_itself_is_the_bootstrap_key() {
-        let cache = KeyCache::new("mq_admin_secret");
+        let cache = KeyCache::new("mq_admin_secret", Duration::from_secs(30));
         assert!(cache.is_bootstrap(&api_keys::hash_key("mq_admin_secret")));
         assert!(!cache.is_bootstrap(&api_keys::hash_key("mq_admin_secreT")));
-        assert!(!KeyCache::new("").is_bootstrap(&api_keys::hash_key("")));
+        assert!(!KeyCache::new("", Duration::from_secs(30)).is_bootstrap(&api_keys::hash_key("")));
         assert!(!same_hash("abc", "abcd"));
     }
 }

@@ -15,6 +15,11 @@ pub struct ApiConfig {
     /// Admin key accepted before any key exists in PostgreSQL (first start). Empty disables it.
     #[arg(long, env = "MARQUEE_BOOTSTRAP_ADMIN_KEY", default_value = "")]
     pub bootstrap_admin_key: String,
+    /// How long a looked-up API key (or its absence) is trusted before
+    /// PostgreSQL is asked again, in milliseconds: a revoked key stops working
+    /// within this time. While PostgreSQL is down, keys seen valid before keep working.
+    #[arg(long, env = "MARQUEE_KEY_CACHE_TTL_MS", default_value_t = 30_000)]
+    pub key_cache_ttl_ms: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MARQUEE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,

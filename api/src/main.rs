@@ -42,7 +42,7 @@ enum KeysCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// Revoke a key by id; the api stops accepting it within its key-cache lifetime (30 s).
+    /// Revoke a key by id; the api stops accepting it within its key-cache lifetime (MARQUEE_KEY_CACHE_TTL_MS, 30 s).
     Revoke {
         /// The id printed by `keys create`.
         id: Uuid,

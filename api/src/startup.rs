@@ -103,7 +103,10 @@ impl Application {
             config: Arc::new(config.clone()),
             stores: Arc::new(stores),
             prometheus: telemetry::prometheus(),
-            keys: crate::auth::KeyCache::new(&config.bootstrap_admin_key),
+            keys: crate::auth::KeyCache::new(
+                &config.bootstrap_admin_key,
+                Duration::from_millis(config.key_cache_ttl_ms),
+            ),
             serving,
         };
         let router = build_router(state.clone());

@@ -9,6 +9,7 @@ use std::time::Duration;
 use deadpool_redis::redis;
 use domain::ids::MovieId;
 use domain::recommend::{PrecomputedList, ScoredItem};
+use marquee_tests::cuttable_proxy::CuttableProxy;
 use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
@@ -453,4 +454,34 @@ async fn with_postgres_unreachable_recommendations_still_come_from_redis() {
     // A key that needs PostgreSQL to be checked, and was never seen, is a 503, not a 500.
     let (status, body) = recommend(&api, "mq_client_never_seen", "p-user", "").await;
     assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_gone_a_key_seen_valid_before_keeps_working() {
+    let stack = TestStack::fresh().await;
+    put_lists(&stack, &["s-user".to_owned()]).await;
+    let key = client_key(&stack).await;
+    // postgres://user:password@host:port/database → the same through the proxy.
+    let url = &stack.settings.database_url;
+    let (credentials, rest) = url.split_once('@').unwrap();
+    let (address, database) = rest.split_once('/').unwrap();
+    let proxy = CuttableProxy::start(address.to_owned()).await;
+    let api = spawn_api(&stack, |config| {
+        config.stack.database_url = format!("{credentials}@127.0.0.1:{}/{database}", proxy.port);
+        config.stack.store_timeout_ms = 500;
+        config.key_cache_ttl_ms = 300;
+    })
+    .await;
+    let (status, body) = recommend(&api, &key, "s-user", "?limit=3").await;
+    assert_eq!(status, 200, "looked up through the proxy: {body}");
+
+    proxy.cut();
+    // Past the cache lifetime the key must be asked for again, and cannot be.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = recommend(&api, &key, "s-user", "?limit=3").await;
+    assert_eq!(status, 200, "a key seen valid keeps working: {body}");
+    assert_eq!(movie_ids(&body), POPULARITY_LIST[..3].to_vec(), "{body}");
+    let (status, body) = recommend(&api, "mq_client_never_seen", "s-user", "").await;
+    assert_eq!(status, 503, "an unknown key cannot be checked: {body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
 }
