@@ -11,9 +11,11 @@ use domain::recommend::format::{self, ModelManifest};
 use domain::recommend::PrecomputedList;
 use marquee_tests::worker_harness::spawn_worker;
 use marquee_tests::{eventually, spawn_api, TestStack};
+use marquee_worker::models::{ModelLoop, ModelLoopSettings};
 use marquee_worker::seed::{self, SeedSize};
 use marquee_worker::train::{self, TrainArgs};
 use repositories::postgres::bulk;
+use repositories::postgres::models::PrecomputeLease;
 use serde_json::Value;
 
 /// Small and quick: the test is about the lifecycle, not the fit.
@@ -345,4 +347,51 @@ async fn movielens_directories_import_as_views_and_likes() {
         .unwrap();
     assert_eq!(ch_likes, 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_at_a_time_precomputes_an_algorithm() {
+    let stack = TestStack::fresh().await;
+    seed::seed(&stack.stores, SeedSize::Small, 11, false)
+        .await
+        .expect("seed");
+    let v1 = train_als(&stack, true).await;
+    let settings = ModelLoopSettings {
+        poll: Duration::from_secs(1),
+        top_n: TOP_N,
+        active_window: Duration::from_secs(WINDOW_S),
+    };
+    let mut model_loop = ModelLoop::new(stack.stores.clone(), settings);
+
+    // Another worker holds the lease: this one leaves the algorithm alone.
+    let held = PrecomputeLease::try_take(&stack.stores.pg, "als", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the lease is free at first");
+    assert!(
+        PrecomputeLease::try_take(&stack.stores.pg, "als", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "a second session cannot take a held lease"
+    );
+    model_loop.tick().await.unwrap();
+    assert_eq!(
+        recs_version(&stack).await,
+        None,
+        "no lists while another worker holds the lease"
+    );
+
+    // Released (as when that worker's session ends): the next poll does the work.
+    held.release().await;
+    model_loop.tick().await.unwrap();
+    assert_eq!(
+        recs_version(&stack).await.as_deref(),
+        Some(v1.manifest.version.as_str())
+    );
+    let mut listed = 0;
+    for (user, _) in active_users(&stack).await.iter().take(20) {
+        listed += usize::from(list_of(&stack, user).await.is_some());
+    }
+    assert!(listed > 0, "the lists are written once the lease is free");
 }

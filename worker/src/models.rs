@@ -15,9 +15,12 @@ use domain::ids::{MovieId, UserId};
 use domain::recommend::format::{ModelManifest, TrainedModel, FORMAT_VERSION};
 use domain::recommend::{PrecomputedList, Recommender};
 use repositories::postgres::bulk;
-use repositories::postgres::models::{self, ModelRow};
+use repositories::postgres::models::{self, ModelRow, PrecomputeLease};
 use repositories::stores::Stores;
 use tokio_util::sync::CancellationToken;
+
+/// Bound on taking a precompute lease (a fresh PostgreSQL session).
+const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Users whose lists are computed and written per round; bounds memory on large catalogs.
 const USERS_PER_ROUND: usize = 5_000;
@@ -229,6 +232,8 @@ impl ModelLoop {
     }
 
     /// One poll: bring every algorithm whose active version changed up to date.
+    /// One worker at a time precomputes an algorithm (a lease in PostgreSQL);
+    /// the others skip it and find its lists in Redis on a later poll.
     pub async fn tick(&mut self) -> anyhow::Result<()> {
         let active = models::active_models(&self.stores.pg).await?;
         for row in active {
@@ -239,15 +244,25 @@ impl ModelLoop {
             if self.refused.get(&algorithm) == Some(&(row.version.clone(), row.sha256.clone())) {
                 continue;
             }
-            // Another worker (or this one before a restart) may have finished it already.
-            if self.stores.redis.recs_version(&algorithm).await?.as_deref()
-                == Some(row.version.as_str())
-            {
-                tracing::info!(%algorithm, version = %row.version, "lists of the active model are already in redis");
-                self.serving.insert(algorithm, row.version);
+            let Some(lease) =
+                PrecomputeLease::try_take(&self.stores.pg, &algorithm, LEASE_TIMEOUT).await?
+            else {
+                tracing::debug!(%algorithm, version = %row.version, "another worker is precomputing this algorithm");
                 continue;
+            };
+            // Another worker (or this one before a restart) may have finished it already.
+            match self.stores.redis.recs_version(&algorithm).await {
+                Ok(done) if done.as_deref() == Some(row.version.as_str()) => {
+                    tracing::info!(%algorithm, version = %row.version, "lists of the active model are already in redis");
+                    self.serving.insert(algorithm, row.version);
+                }
+                Ok(_) => self.switch_to(&row).await,
+                Err(e) => {
+                    lease.release().await;
+                    return Err(e.into());
+                }
             }
-            self.switch_to(&row).await;
+            lease.release().await;
         }
         Ok(())
     }

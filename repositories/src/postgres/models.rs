@@ -5,8 +5,10 @@
 //! version per algorithm serves; activating is one transaction that swaps it,
 //! which is also how a rollback works.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::{RepoError, RepoResult};
 
@@ -170,4 +172,45 @@ pub async fn find_model(
     .bind(version)
     .fetch_optional(pool)
     .await?)
+}
+
+/// First key of the precompute leases ("MQPC"), apart from the ingest
+/// ledger's class and sqlx's one-key migration lock.
+const PRECOMPUTE_LOCK_CLASS: i32 = 0x4d51_5043;
+
+/// The right to precompute one algorithm's lists: a session advisory lock
+/// held by a connection of its own, so a worker that dies mid-way releases it
+/// with its session, and no lease outlives the work (no expiry to guess).
+pub struct PrecomputeLease {
+    conn: PgConnection,
+}
+
+impl PrecomputeLease {
+    /// Take the lease of `algorithm` if no other session holds it.
+    pub async fn try_take(
+        pool: &PgPool,
+        algorithm: &str,
+        timeout: Duration,
+    ) -> RepoResult<Option<Self>> {
+        let options = pool.connect_options();
+        let mut conn = crate::error::with_timeout(
+            "postgres connect",
+            timeout,
+            PgConnection::connect_with(&options),
+        )
+        .await?;
+        let query = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(PRECOMPUTE_LOCK_CLASS)
+            .bind(algorithm)
+            .fetch_one(&mut conn);
+        let taken = crate::error::with_timeout("postgres precompute lease", timeout, query).await?;
+        Ok(taken.then_some(Self { conn }))
+    }
+
+    /// End the session, and with it the lock.
+    pub async fn release(self) {
+        if let Err(e) = self.conn.close().await {
+            tracing::debug!(error = %e, "closing the precompute lease's session failed; the server ends it");
+        }
+    }
 }
