@@ -485,3 +485,33 @@ async fn with_postgres_gone_a_key_seen_valid_before_keeps_working() {
     assert_eq!(status, 503, "an unknown key cannot be checked: {body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_list_is_served_once_the_list_cache_lifetime_has_passed() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    put_lists(&stack, &["c-user".to_owned()]).await;
+    let api = spawn_api(&stack, |config| config.list_cache_ttl_ms = 3_000).await;
+    let key = client_key(&stack).await;
+    let (status, body) = recommend(&api, &key, "c-user", "?limit=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(movie_ids(&body), POPULARITY_LIST[..3].to_vec(), "{body}");
+
+    // The model loop rewrites the list (a new version).
+    let mut conn = stack.stores.redis.conn().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(stack.stores.redis.keys.recs("popularity", "c-user"))
+        .arg(list("pop-v2", &[31, 32, 33]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (_, body) = recommend(&api, &key, "c-user", "?limit=3").await;
+    assert_eq!(
+        body["model_version"], "pop-v1",
+        "within its lifetime the remembered list serves: {body}"
+    );
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let (_, body) = recommend(&api, &key, "c-user", "?limit=3").await;
+    assert_eq!(body["model_version"], "pop-v2", "{body}");
+    assert_eq!(movie_ids(&body), vec![31, 32, 33], "{body}");
+}
