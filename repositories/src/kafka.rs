@@ -369,6 +369,12 @@ impl ProducerContext for CountingContext {
     }
 }
 
+/// How long a buffered event may wait for the broker before it counts as
+/// lost. Nobody waits on it, so it is long: the local broker was seen to
+/// stall for several seconds, and with the store timeout (5 s) every event in
+/// flight then was dropped. The buffer's size, not this, bounds memory.
+const BUFFERED_DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why [`BufferedProducer::send`] refused an event.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
@@ -405,7 +411,7 @@ impl BufferedProducer {
             .set("linger.ms", linger_ms.to_string())
             .set(
                 "message.timeout.ms",
-                settings.timeout.as_millis().to_string(),
+                BUFFERED_DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .set("compression.type", "none")
             .set("queue.buffering.max.messages", buffer.max(1).to_string());
