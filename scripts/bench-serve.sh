@@ -27,6 +27,10 @@ source <(scripts/stack.sh env)
 set +a
 export MARQUEE_API_PORT="$PORT" MARQUEE_BOOTSTRAP_ADMIN_KEY="bench-admin-key" MARQUEE_REDIS_NAMESPACE="bench-serve:"
 export MARQUEE_DEFAULT_EXPERIMENT=bench RUST_LOG=warn
+# Its own topics, ClickHouse database and bucket: the ~1M impressions a run
+# emits must not reach a worker consuming the main events topic.
+export MARQUEE_EVENTS_TOPIC="marquee.bench-serve.events" MARQUEE_DLQ_TOPIC="marquee.bench-serve.dlq"
+export MARQUEE_CLICKHOUSE_DATABASE="bench_serve" MARQUEE_S3_BUCKET="bench-serve"
 base_url="${MARQUEE_DATABASE_URL%/*}"
 psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 export MARQUEE_DATABASE_URL="$base_url/$DB"
