@@ -241,15 +241,13 @@ pub fn build_router(state: AppState) -> Router {
 /// Count, latency histogram and status per route template (not per raw path,
 /// which would explode the label set with user ids).
 async fn record_metrics(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+    // MatchedPath is an Arc<str>: cloning it does not copy the route.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     let (requests, duration) = http_metrics(
-        route.as_deref().unwrap_or("unmatched"),
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
         &method,
         response.status().as_u16(),
     );

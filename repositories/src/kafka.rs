@@ -42,16 +42,29 @@ fn base_config(settings: &KafkaSettings) -> ClientConfig {
 /// A producer that waits for the broker's acknowledgement (acks=all) and
 /// retries transient failures itself; callers bound each send in time.
 pub fn producer(settings: &KafkaSettings, linger_ms: u32) -> RepoResult<FutureProducer> {
-    Ok(base_config(settings)
+    Ok(producer_config(settings, linger_ms, settings.timeout, 200_000).create()?)
+}
+
+/// Settings every Marquee producer shares (acks=all, no compression);
+/// `delivery_timeout` is librdkafka's `message.timeout.ms`, `buffer` its
+/// `queue.buffering.max.messages`.
+fn producer_config(
+    settings: &KafkaSettings,
+    linger_ms: u32,
+    delivery_timeout: Duration,
+    buffer: usize,
+) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
         .set("acks", "all")
         .set("linger.ms", linger_ms.to_string())
         .set(
             "message.timeout.ms",
-            settings.timeout.as_millis().to_string(),
+            delivery_timeout.as_millis().to_string(),
         )
         .set("compression.type", "none")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?)
+        .set("queue.buffering.max.messages", buffer.max(1).to_string());
+    config
 }
 
 /// A consumer in `group`, auto commit off: offsets move only when the caller
@@ -405,16 +418,7 @@ impl BufferedProducer {
         buffer: usize,
         counters: DeliveryCounters,
     ) -> RepoResult<Self> {
-        let mut config = base_config(settings);
-        config
-            .set("acks", "all")
-            .set("linger.ms", linger_ms.to_string())
-            .set(
-                "message.timeout.ms",
-                BUFFERED_DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
-            .set("compression.type", "none")
-            .set("queue.buffering.max.messages", buffer.max(1).to_string());
+        let config = producer_config(settings, linger_ms, BUFFERED_DELIVERY_TIMEOUT, buffer);
         let context = CountingContext {
             counters,
             last_failure_log: Mutex::new(None),

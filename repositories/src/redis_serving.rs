@@ -11,13 +11,18 @@ use crate::redis::RedisStore;
 use crate::{RepoError, RepoResult};
 
 impl RedisStore {
+    /// A client for connections outside the pool (pub/sub, the shared one).
+    fn client(&self) -> RepoResult<redis::Client> {
+        redis::Client::open(self.url())
+            .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))
+    }
+
     /// The shared multiplexed connection, opened on first use (bounded by the call timeout).
     async fn shared_conn(&self) -> RepoResult<redis::aio::MultiplexedConnection> {
         if let Some(conn) = self.shared.lock().ok().and_then(|c| c.clone()) {
             return Ok(conn);
         }
-        let client = redis::Client::open(self.url())
-            .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))?;
+        let client = self.client()?;
         let conn = with_timeout(
             "redis connection",
             self.timeout(),
@@ -91,8 +96,7 @@ impl RedisStore {
     /// Messages on the weights-changed channel (each names an experiment).
     /// The stream ends when the connection drops; callers resubscribe.
     pub async fn weights_changes(&self) -> RepoResult<impl Stream<Item = String>> {
-        let client = redis::Client::open(self.url())
-            .map_err(|e| RepoError::Config(format!("MARQUEE_REDIS_URL: {e}")))?;
+        let client = self.client()?;
         let mut pubsub =
             with_timeout("redis subscribe", self.timeout(), client.get_async_pubsub()).await?;
         let channel = self.keys.weights_channel();

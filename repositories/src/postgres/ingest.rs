@@ -76,12 +76,7 @@ impl PgIngestLedger {
         if let Some(conn) = self.conn.take() {
             return Ok(conn);
         }
-        let mut conn = crate::error::with_timeout(
-            "postgres connect",
-            self.timeout,
-            PgConnection::connect_with(&self.options),
-        )
-        .await?;
+        let mut conn = super::session(&self.options, self.timeout).await?;
         // Waiting on another worker's lease is bounded; the claim is then retried.
         sqlx::query("SET lock_timeout = '20s'")
             .execute(&mut conn)

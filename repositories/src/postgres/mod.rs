@@ -12,7 +12,7 @@ pub mod serving;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::{RepoError, RepoResult};
 
@@ -39,6 +39,17 @@ pub fn connect_lazy(settings: &PostgresSettings) -> RepoResult<PgPool> {
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options))
+}
+
+/// A connection of its own, outside the pool, for session state (advisory
+/// locks) that must end with it: dropping it releases what it holds.
+pub async fn session(options: &PgConnectOptions, timeout: Duration) -> RepoResult<PgConnection> {
+    crate::error::with_timeout(
+        "postgres connect",
+        timeout,
+        PgConnection::connect_with(options),
+    )
+    .await
 }
 
 /// Apply pending migrations; idempotent, and safe with several binaries starting at once

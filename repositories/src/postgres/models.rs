@@ -192,13 +192,7 @@ impl PrecomputeLease {
         algorithm: &str,
         timeout: Duration,
     ) -> RepoResult<Option<Self>> {
-        let options = pool.connect_options();
-        let mut conn = crate::error::with_timeout(
-            "postgres connect",
-            timeout,
-            PgConnection::connect_with(&options),
-        )
-        .await?;
+        let mut conn = super::session(&pool.connect_options(), timeout).await?;
         let query = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1, hashtext($2))")
             .bind(PRECOMPUTE_LOCK_CLASS)
             .bind(algorithm)
