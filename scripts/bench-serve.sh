@@ -3,8 +3,11 @@
 # connections, 2 threads) against GET /v1/users/{random user}/recommendations
 # and, in the same script as the baseline, against GET /health/live; then the
 # recommendations route again with the in-process list cache off, so every
-# request makes its Redis MGET. Prints rps, p50 and p99 of each, the ratios to
-# the baseline, and the api's peak RSS.
+# request makes its Redis MGET, and with each impression its own Kafka record
+# (packing off). Prints rps, p50 and p99 of each, the ratios to the baseline,
+# the api's peak RSS and each process's share of the CPU.
+#
+# PERF=1 also records a CPU profile of the api in target/bench-serve.perf.data.
 #
 # Data: MOVIES movies, an experiment `bench` with two running arms, and a
 # precomputed 50-movie list per arm for USERS users in Redis; each user has
@@ -104,10 +107,52 @@ warm() { wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/
 warm
 
 run() { wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
+# CPU seconds per process name (all its threads, all its processes), from /proc.
+cpu_by_process() {
+  python3 - <<'PY'
+import os
+ticks = os.sysconf("SC_CLK_TCK")
+out = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / ticks
+for name, seconds in out.items():
+    print(f"{name}\t{seconds:.2f}")
+PY
+}
+# Share of one core each process used between two cpu_by_process snapshots.
+cpu_shares() {
+  awk -F'\t' -v d="$3" 'NR == FNR {a[$1] = $2; next} {u = ($2 - a[$1]) / d * 100; if (u >= 1) printf "  %-16s %5.0f%%\n", $1, u}' \
+    <(echo "$1") <(echo "$2") | sort -k2 -rn
+}
+# Shares over the middle of a run (wrk must still be alive to be counted).
+cpu_during_run() {
+  local span=$((DURATION > 6 ? DURATION - 4 : 2)) before
+  sleep 2
+  before="$(cpu_by_process)"
+  sleep "$span"
+  cpu_shares "$before" "$(cpu_by_process)" "$span"
+}
+cpu_file="$(mktemp)"
 echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations"
+cpu_during_run >"$cpu_file" &
+if [ -n "${PERF:-}" ]; then
+  # PERF=1: a CPU profile of the api during this phase, for `perf report -i`.
+  (sleep 3; perf record -F 499 --call-graph dwarf,16384 -p "$api_pid" -o target/bench-serve.perf.data -- sleep 8 >/dev/null 2>&1) &
+fi
 recs="$(run -s "$lua" "http://127.0.0.1:$PORT")"
+wait $!
+recs_cpu="$(cat "$cpu_file")"
 echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: /health/live"
+cpu_during_run >"$cpu_file" &
 live="$(run "http://127.0.0.1:$PORT/health/live")"
+wait $!
+live_cpu="$(cat "$cpu_file")"
 rss_kb="$(awk '/VmHWM/ {print $2}' "/proc/$api_pid/status")"
 stop_api
 # The same route with the in-process list cache off: every request reads Redis.
@@ -116,19 +161,36 @@ warm
 echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations, list cache off"
 uncached="$(run -s "$lua" "http://127.0.0.1:$PORT")"
 stop_api
-rm -f "$lua"
+# The same route with each impression its own Kafka record (no packing).
+start_api MARQUEE_IMPRESSION_PACKING_MS=0
+warm
+echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations, impressions unpacked"
+cpu_during_run >"$cpu_file" &
+unpacked="$(run -s "$lua" "http://127.0.0.1:$PORT")"
+wait $!
+unpacked_cpu="$(cat "$cpu_file")"
+stop_api
+rm -f "$lua" "$cpu_file"
 
 # wrk prints latencies as 1.23ms / 456.78us / 1.2s; normalise to ms.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}'; }
 field() { echo "$1" | awk -v k="$2" '$1 == k {print $2}' | to_ms; }
 rps() { echo "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
 errors() { echo "$1" | awk '/Non-2xx|Socket errors/ {print}' ; }
-recs_rps="$(rps "$recs")"; live_rps="$(rps "$live")"; uncached_rps="$(rps "$uncached")"
+recs_rps="$(rps "$recs")"; live_rps="$(rps "$live")"; uncached_rps="$(rps "$uncached")"; unpacked_rps="$(rps "$unpacked")"
 printf '\n%-48s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
 printf '%-48s %10s %9s %9s\n' "GET /v1/users/{id}/recommendations" "$recs_rps" "$(field "$recs" 50%)" "$(field "$recs" 99%)"
 printf '%-48s %10s %9s %9s\n' "GET /health/live (baseline)" "$live_rps" "$(field "$live" 50%)" "$(field "$live" 99%)"
 printf '%-48s %10s %9s %9s\n' "recommendations, list cache off (every MGET)" "$uncached_rps" "$(field "$uncached" 50%)" "$(field "$uncached" 99%)"
+printf '%-48s %10s %9s %9s\n' "recommendations, one Kafka record per impression" "$unpacked_rps" "$(field "$unpacked" 50%)" "$(field "$unpacked" 99%)"
 echo "ratio recommendations/live rps: $(echo "scale=2; $recs_rps / $live_rps" | bc)"
 echo "ratio with the list cache off:   $(echo "scale=2; $uncached_rps / $live_rps" | bc)"
+echo "ratio with impressions unpacked: $(echo "scale=2; $unpacked_rps / $live_rps" | bc)"
 echo "api peak RSS: $((rss_kb / 1024)) MiB"
-errors "$recs"; errors "$live"; errors "$uncached"
+echo "CPU per process (100% = one core), recommendations:"
+echo "$recs_cpu"
+echo "CPU per process, /health/live:"
+echo "$live_cpu"
+echo "CPU per process, recommendations with impressions unpacked:"
+echo "$unpacked_cpu"
+errors "$recs"; errors "$live"; errors "$uncached"; errors "$unpacked"

@@ -30,6 +30,11 @@ pub struct ApiConfig {
     /// assignments queued for PostgreSQL); beyond it they are dropped and counted.
     #[arg(long, env = "MARQUEE_IMPRESSION_QUEUE", default_value_t = 10_000)]
     pub impression_queue: usize,
+    /// How long impressions bound for one Kafka partition are gathered into
+    /// one record, in milliseconds (0: one record per impression). The broker's
+    /// cost is per record; the worker unpacks them.
+    #[arg(long, env = "MARQUEE_IMPRESSION_PACKING_MS", default_value_t = 20)]
+    pub impression_packing_ms: u64,
     /// Experiment used when a recommendations request names none.
     #[arg(long, env = "MARQUEE_DEFAULT_EXPERIMENT", default_value = "home")]
     pub default_experiment: String,
@@ -45,17 +50,19 @@ pub struct ApiConfig {
     pub serving_timeout_ms: u64,
     /// How long a user's sticky arm and seen movies are reused from process
     /// memory before PostgreSQL is asked again, in milliseconds (0: always ask).
-    /// A view newer than this may not yet be filtered out of the hot fallbacks.
-    #[arg(long, env = "MARQUEE_USER_CACHE_TTL_MS", default_value_t = 10_000)]
+    /// A view newer than this may not yet be filtered out of the list; a new
+    /// assignment is remembered at once either way.
+    #[arg(long, env = "MARQUEE_USER_CACHE_TTL_MS", default_value_t = 30_000)]
     pub user_cache_ttl_ms: u64,
     /// Most users kept in that cache.
     #[arg(long, env = "MARQUEE_USER_CACHE_CAPACITY", default_value_t = 200_000)]
     pub user_cache_capacity: u64,
     /// How long a user's precomputed list (or its absence) is reused from
     /// process memory before Redis is asked again, in milliseconds (0: always
-    /// ask). The model loop rewrites lists every few minutes, so seconds of
-    /// reuse cost little freshness and spare most requests a Redis round trip.
-    #[arg(long, env = "MARQUEE_LIST_CACHE_TTL_MS", default_value_t = 2_000)]
+    /// ask). When the model loop rewrites an algorithm's lists it says so on
+    /// `lists:changed` and the remembered ones are dropped at once, so this is
+    /// only the bound for lists changed in Redis by other means.
+    #[arg(long, env = "MARQUEE_LIST_CACHE_TTL_MS", default_value_t = 60_000)]
     pub list_cache_ttl_ms: u64,
     /// Most (algorithm, user) lists kept in that cache (a 50-movie list is about 1 KiB).
     #[arg(long, env = "MARQUEE_LIST_CACHE_CAPACITY", default_value_t = 50_000)]

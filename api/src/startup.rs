@@ -27,15 +27,11 @@ use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::serving::background::{self, RefreshIntervals};
 use crate::serving::{CacheSettings, Serving, ServingMetrics};
-use crate::state::AppState;
+use crate::state::{AppState, Services};
 use crate::telemetry;
 
 /// Longest wait at shutdown for queued impressions and assignments to be written.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
-
-/// How long librdkafka gathers impressions into one produce request: larger
-/// batches cost the broker less per impression; nobody waits on them.
-const IMPRESSION_LINGER_MS: u32 = 20;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -65,9 +61,10 @@ impl Application {
         let timeout = Duration::from_millis(config.serving_timeout_ms.max(1));
         let producer =
             EventProducer::new(&config.stack.kafka(), 5).context("creating the kafka producer")?;
+        let impression_packing = Duration::from_millis(config.impression_packing_ms);
         let impressions = BufferedProducer::new(
             &config.stack.kafka(),
-            IMPRESSION_LINGER_MS,
+            !impression_packing.is_zero(),
             config.impression_queue,
             ServingMetrics::impression_deliveries(),
         )
@@ -96,10 +93,11 @@ impl Application {
             RefreshIntervals {
                 catalog: Duration::from_secs(config.catalog_refresh_s.max(1)),
                 hot: Duration::from_millis(config.hot_refresh_ms.max(50)),
+                impression_packing,
             },
             background_stop.clone(),
         );
-        let state = AppState {
+        let state = AppState::new(Services {
             config: Arc::new(config.clone()),
             stores: Arc::new(stores),
             prometheus: telemetry::prometheus(),
@@ -108,7 +106,7 @@ impl Application {
                 Duration::from_millis(config.key_cache_ttl_ms),
             ),
             serving,
-        };
+        });
         let router = build_router(state.clone());
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address)

@@ -1,5 +1,6 @@
 //! Shared state handed to every handler through axum's `State`.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -9,12 +10,29 @@ use crate::auth::KeyCache;
 use crate::config::ApiConfig;
 use crate::serving::Serving;
 
-/// Handles to the stores and the process-wide services; cheap to clone.
+/// The state axum clones for every request (into the route's service and the
+/// `State` extractor): one reference count, since each count touched is a
+/// cache line the two cores take from each other.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// Handles to the stores and the process-wide services.
+pub struct Services {
     pub config: Arc<ApiConfig>,
-    /// Behind an `Arc`: handlers clone the state per request, and the stores
-    /// carry their settings (a dozen strings).
     pub stores: Arc<Stores>,
     pub prometheus: Option<PrometheusHandle>,
     /// Recently looked-up API keys.

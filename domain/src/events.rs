@@ -327,6 +327,82 @@ struct WireEvent<'a> {
     items: Option<&'a [ServedItem]>,
 }
 
+/// Most events one Kafka record may carry; a longer array is rejected whole,
+/// so one record cannot claim unbounded memory in the worker.
+pub const MAX_EVENTS_PER_RECORD: usize = 1_000;
+
+/// An event of a Kafka record that failed to parse or validate, with the
+/// bytes it came from (the element, for a record holding several).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedEvent<'a> {
+    pub error: ValidationError,
+    pub payload: &'a [u8],
+}
+
+/// The events of one Kafka record's value: a single event (a JSON object),
+/// or several (a JSON array of them, as the api packs the impressions of one
+/// partition into one record, since the broker's cost is per record). Each
+/// element is validated on its own, so one bad element rejects only itself;
+/// a value that is neither, an empty array or one longer than
+/// [`MAX_EVENTS_PER_RECORD`] is rejected whole.
+pub fn events_from_record(
+    bytes: &[u8],
+    now: DateTime<Utc>,
+    rules: EventRules,
+) -> Vec<Result<Event, RejectedEvent<'_>>> {
+    let whole = |error: ValidationError| {
+        vec![Err(RejectedEvent {
+            error,
+            payload: bytes,
+        })]
+    };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return vec![
+            Event::from_json(bytes, now, rules).map_err(|error| RejectedEvent {
+                error,
+                payload: bytes,
+            }),
+        ];
+    }
+    let elements: Vec<&serde_json::value::RawValue> = match serde_json::from_slice(bytes) {
+        Ok(elements) => elements,
+        Err(e) => {
+            return whole(ValidationError::new(
+                "body",
+                format!("invalid event array JSON: {e}"),
+            ))
+        }
+    };
+    if elements.is_empty() || elements.len() > MAX_EVENTS_PER_RECORD {
+        return whole(ValidationError::new(
+            "body",
+            format!("an event array must hold 1 to {MAX_EVENTS_PER_RECORD} events"),
+        ));
+    }
+    elements
+        .into_iter()
+        .map(|element| {
+            let payload = element.get().as_bytes();
+            Event::from_json(payload, now, rules).map_err(|error| RejectedEvent { error, payload })
+        })
+        .collect()
+}
+
+/// One Kafka record's value carrying `events`, each already in its wire form
+/// ([`Event::to_json`]): the inverse of [`events_from_record`].
+pub fn record_of<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'[');
+    for (i, event) in events.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(event);
+    }
+    out.push(b']');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +562,72 @@ mod tests {
     fn malformed_json_is_a_body_error() {
         let err = Event::from_json(b"{not json", now(), EventRules::default()).unwrap_err();
         assert_eq!(err.field, "body");
+    }
+
+    fn impression(user: &str) -> Event {
+        RawEvent {
+            event_id: Some(Uuid::now_v7().to_string()),
+            kind: Some("impression".into()),
+            user_id: Some(user.into()),
+            request_id: Some(Uuid::now_v7().to_string()),
+            experiment: Some("home".into()),
+            arm: Some("b".into()),
+            algorithm: Some("als".into()),
+            items: Some(vec![ServedItem {
+                movie_id: MovieId::parse(3).unwrap(),
+                position: 0,
+            }]),
+            ..Default::default()
+        }
+        .validate(now(), EventRules::default())
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_of_one_object_is_one_event() {
+        let event = click().validate(now(), EventRules::default()).unwrap();
+        let parsed = events_from_record(&event.to_json(), now(), EventRules::default());
+        assert_eq!(parsed, vec![Ok(event)]);
+    }
+
+    #[test]
+    fn a_packed_record_gives_back_every_event_in_order() {
+        let events: Vec<Event> = (0..3).map(|i| impression(&format!("u{i}"))).collect();
+        let wire: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+        let record = record_of(wire.iter().map(Vec::as_slice));
+        let parsed = events_from_record(&record, now(), EventRules::default());
+        assert_eq!(parsed, events.into_iter().map(Ok).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_bad_element_rejects_only_itself_with_its_own_bytes() {
+        let good = impression("u1").to_json();
+        let bad = br#"{"event_id":"x","type":"click","user_id":"u1","movie_id":1}"#;
+        let record = record_of([good.as_slice(), bad.as_slice(), good.as_slice()]);
+        let parsed = events_from_record(&record, now(), EventRules::default());
+        assert_eq!(parsed.len(), 3);
+        assert!(parsed[0].is_ok() && parsed[2].is_ok());
+        let rejected = parsed[1].as_ref().unwrap_err();
+        assert_eq!(rejected.error.field, "event_id");
+        assert_eq!(rejected.payload, bad.as_slice());
+    }
+
+    #[test]
+    fn a_malformed_empty_or_oversized_array_is_rejected_whole() {
+        let one = impression("u1").to_json();
+        let oversized = record_of(std::iter::repeat_n(
+            one.as_slice(),
+            MAX_EVENTS_PER_RECORD + 1,
+        ));
+        for record in [b"[{".to_vec(), b" [] ".to_vec(), b"[1,".to_vec(), oversized] {
+            let parsed = events_from_record(&record, now(), EventRules::default());
+            assert_eq!(parsed.len(), 1, "{}", String::from_utf8_lossy(&record));
+            let rejected = parsed[0].as_ref().unwrap_err();
+            assert_eq!(rejected.error.field, "body");
+            assert_eq!(rejected.payload, record.as_slice());
+        }
+        // An element that is not an object fails on its own.
+        let parsed = events_from_record(b"[1]", now(), EventRules::default());
+        assert_eq!(parsed[0].as_ref().unwrap_err().error.field, "body");
     }
 }

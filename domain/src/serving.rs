@@ -3,12 +3,20 @@
 //!
 //! Pure, so the rules the api follows on every request are tested in-process.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::MovieId;
 use crate::recommend::ScoredItem;
+
+/// A set of movie ids on the serving path. foldhash rather than std's SipHash:
+/// every request hashes a few dozen ids, and the ids come from Marquee's own
+/// catalog and history, not from a caller who could choose colliding keys.
+pub type MovieSet = HashSet<MovieId, foldhash::fast::RandomState>;
+
+/// A map keyed by movie id on the serving path (see [`MovieSet`]).
+pub type MovieMap<V> = HashMap<MovieId, V, foldhash::fast::RandomState>;
 
 /// Where a served movie came from, best source first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,10 +49,10 @@ pub struct Candidate {
 pub fn compose(
     limit: usize,
     sources: &[(ItemSource, &[ScoredItem])],
-    seen: &HashSet<MovieId>,
+    seen: &MovieSet,
     known: impl Fn(MovieId) -> bool,
 ) -> Vec<Candidate> {
-    let mut taken: HashSet<MovieId> = HashSet::with_capacity(limit * 2);
+    let mut taken = MovieSet::with_capacity_and_hasher(limit * 2, Default::default());
     let mut out = Vec::with_capacity(limit);
     for pass_allows_seen in [false, true] {
         for (source, items) in sources {
@@ -90,7 +98,7 @@ mod tests {
         list.iter().map(|c| c.movie_id.get()).collect()
     }
 
-    fn seen(ids: &[i64]) -> HashSet<MovieId> {
+    fn seen(ids: &[i64]) -> MovieSet {
         ids.iter().map(|&m| MovieId::parse(m).unwrap()).collect()
     }
 

@@ -13,12 +13,16 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{RepoError, RepoResult};
+
+mod buffered;
+pub use buffered::{
+    partition_for, BufferedProducer, DeliveryCounters, Refused, MAX_EVENTS_PER_PACK,
+};
 
 /// How to reach the brokers and which topics Marquee uses.
 #[derive(Debug, Clone)]
@@ -63,6 +67,9 @@ fn producer_config(
             delivery_timeout.as_millis().to_string(),
         )
         .set("compression.type", "none")
+        // Named rather than left to the default: packed impressions compute
+        // the same partition themselves (`partition_for`).
+        .set("partitioner", "consistent_random")
         .set("queue.buffering.max.messages", buffer.max(1).to_string());
     config
 }
@@ -339,120 +346,5 @@ impl EventProducer {
             }
         });
         futures::future::join_all(sends).await
-    }
-}
-
-/// What a [`BufferedProducer`] reports about deliveries it did not wait for.
-#[derive(Clone)]
-pub struct DeliveryCounters {
-    /// Acknowledged by the broker.
-    pub delivered: metrics::Counter,
-    /// Given up on by librdkafka (broker down past `message.timeout.ms`, or refused).
-    pub failed: metrics::Counter,
-}
-
-/// Counts deliveries and logs failures, at most once per [`FAILURE_LOG_EVERY`].
-pub struct CountingContext {
-    counters: DeliveryCounters,
-    last_failure_log: Mutex<Option<std::time::Instant>>,
-}
-
-const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl ClientContext for CountingContext {}
-
-impl ProducerContext for CountingContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.counters.delivered.increment(1),
-            Err((error, _)) => {
-                self.counters.failed.increment(1);
-                let mut last = match self.last_failure_log.lock() {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                if last.is_none_or(|at| at.elapsed() >= FAILURE_LOG_EVERY) {
-                    *last = Some(std::time::Instant::now());
-                    tracing::warn!(%error, "events not delivered to kafka; dropped (logged at most every 10 s)");
-                }
-            }
-        }
-    }
-}
-
-/// How long a buffered event may wait for the broker before it counts as
-/// lost. Nobody waits on it, so it is long: the local broker was seen to
-/// stall for several seconds, and with the store timeout (5 s) every event in
-/// flight then was dropped. The buffer's size, not this, bounds memory.
-const BUFFERED_DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why [`BufferedProducer::send`] refused an event.
-#[derive(Debug, thiserror::Error)]
-pub enum Refused {
-    /// The bounded buffer is full: the broker is slow or down.
-    #[error("the producer's buffer is full")]
-    BufferFull,
-    #[error(transparent)]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
-
-/// Produces events without waiting for the broker, for data whose loss is
-/// counted rather than retried by the caller (impressions): `send` only
-/// copies the event into librdkafka's bounded buffer, which batches it with
-/// others; the outcome arrives later in [`DeliveryCounters`]. Cheaper per
-/// event than [`EventProducer`] (no future, channel or timer per message),
-/// which matters on the recommendations path where every request emits one.
-pub struct BufferedProducer {
-    producer: ThreadedProducer<CountingContext>,
-    topic: String,
-}
-
-impl BufferedProducer {
-    /// `buffer` bounds the events held while the broker is slow or down;
-    /// past it `send` refuses at once instead of blocking or growing memory.
-    pub fn new(
-        settings: &KafkaSettings,
-        linger_ms: u32,
-        buffer: usize,
-        counters: DeliveryCounters,
-    ) -> RepoResult<Self> {
-        let config = producer_config(settings, linger_ms, BUFFERED_DELIVERY_TIMEOUT, buffer);
-        let context = CountingContext {
-            counters,
-            last_failure_log: Mutex::new(None),
-        };
-        Ok(Self {
-            producer: config.create_with_context(context)?,
-            topic: settings.events_topic.clone(),
-        })
-    }
-
-    /// Buffer `event` for the events topic, keyed by its user like every event.
-    pub fn send(&self, event: &domain::events::Event) -> Result<(), Refused> {
-        let payload = event.to_json();
-        let record = BaseRecord::to(&self.topic)
-            .key(event.user_id.as_str())
-            .payload(&payload);
-        match self.producer.send(record) {
-            Ok(()) => Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                _,
-            )) => Err(Refused::BufferFull),
-            Err((e, _)) => Err(Refused::Kafka(e)),
-        }
-    }
-
-    /// Wait up to `timeout` for buffered events to be delivered (or to fail).
-    /// Blocking: call it from a blocking thread, at shutdown.
-    pub fn flush(&self, timeout: Duration) -> RepoResult<()> {
-        Ok(self.producer.flush(timeout)?)
-    }
-
-    /// Events buffered or in flight.
-    pub fn pending(&self) -> i32 {
-        self.producer.in_flight_count()
     }
 }

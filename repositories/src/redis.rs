@@ -50,6 +50,12 @@ impl Keys {
         format!("{}weights:changed", self.namespace)
     }
 
+    /// Pub/sub channel that tells api replicas an algorithm's lists were
+    /// rewritten (the message names the algorithm), so they drop cached ones.
+    pub fn lists_channel(&self) -> String {
+        format!("{}lists:changed", self.namespace)
+    }
+
     /// Fast-path marker that an event was already processed.
     pub fn dedup(&self, event_id: &str) -> String {
         format!("{}dedup:{event_id}", self.namespace)
@@ -185,9 +191,18 @@ impl RedisStore {
         self.get(&self.keys.recs_version(algorithm)).await
     }
 
-    /// Record that every list of `algorithm` now comes from `version`.
+    /// Record that every list of `algorithm` now comes from `version`, and
+    /// tell the api replicas (`lists:changed`) so they stop serving the
+    /// lists they cached before.
     pub async fn set_recs_version(&self, algorithm: &str, version: &str) -> RepoResult<()> {
-        self.set(&self.keys.recs_version(algorithm), version, None)
-            .await
+        let mut conn = self.conn().await?;
+        let mut pipe = deadpool_redis::redis::pipe();
+        pipe.atomic()
+            .set(self.keys.recs_version(algorithm), version)
+            .ignore()
+            .publish(self.keys.lists_channel(), algorithm)
+            .ignore();
+        let fut = pipe.query_async::<()>(&mut conn);
+        crate::error::with_timeout("redis recs version", self.timeout, fut).await
     }
 }

@@ -93,21 +93,40 @@ impl RedisStore {
             .collect())
     }
 
-    /// Messages on the weights-changed channel (each names an experiment).
-    /// The stream ends when the connection drops; callers resubscribe.
-    pub async fn weights_changes(&self) -> RepoResult<impl Stream<Item = String>> {
+    /// Messages that change what the api serves: new weights (naming an
+    /// experiment) and rewritten lists (naming an algorithm). The stream ends
+    /// when the connection drops; callers resubscribe.
+    pub async fn serving_changes(&self) -> RepoResult<impl Stream<Item = ServingChange>> {
         let client = self.client()?;
         let mut pubsub =
             with_timeout("redis subscribe", self.timeout(), client.get_async_pubsub()).await?;
-        let channel = self.keys.weights_channel();
+        let weights = self.keys.weights_channel();
+        let lists = self.keys.lists_channel();
         with_timeout(
             "redis subscribe",
             self.timeout(),
-            pubsub.subscribe(&channel),
+            pubsub.subscribe(&[&weights, &lists]),
         )
         .await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|msg| async move { msg.get_payload::<String>().ok() }))
+        Ok(pubsub.into_on_message().filter_map(move |msg| {
+            let change =
+                msg.get_payload::<String>()
+                    .ok()
+                    .and_then(|name| match msg.get_channel_name() {
+                        channel if channel == weights => Some(ServingChange::Weights(name)),
+                        channel if channel == lists => Some(ServingChange::Lists(name)),
+                        _ => None,
+                    });
+            async move { change }
+        }))
     }
+}
+
+/// A pub/sub message the api acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingChange {
+    /// An experiment's weights changed: reload experiments.
+    Weights(String),
+    /// An algorithm's precomputed lists were rewritten: drop cached ones.
+    Lists(String),
 }

@@ -15,6 +15,7 @@ use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
+use repositories::kafka::partition_for;
 use repositories::postgres::api_keys::{self, Role};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -100,7 +101,9 @@ fn consumer(stack: &TestStack) -> StreamConsumer {
     consumer
 }
 
-/// Read messages until `want` match or the time is up.
+/// Read events until `want` match or the time is up. A record packing several
+/// events (the api's impressions) gives each of them; every event gets the
+/// record's partition as `_partition`.
 async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -108,11 +111,24 @@ async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) 
         if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
         {
             if let Some(payload) = message.payload() {
-                seen.push(serde_json::from_slice(payload).unwrap());
+                let events = match serde_json::from_slice(payload).unwrap() {
+                    Value::Array(events) => events,
+                    event => vec![event],
+                };
+                for mut event in events {
+                    event["_partition"] = json!(message.partition());
+                    seen.push(event);
+                }
             }
         }
     }
     seen
+}
+
+/// The partition every Marquee producer gives `user`'s events.
+fn partition_of(stack: &TestStack, user: &str) -> i64 {
+    let partitions = u32::try_from(stack.settings.events_partitions).unwrap();
+    i64::from(partition_for(user.as_bytes(), partitions))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,6 +198,12 @@ async fn lists_come_from_the_arm_minus_seen_and_impressions_reach_kafka() {
     for impression in impressions {
         let (user, expected) = &served[impression["request_id"].as_str().unwrap()];
         assert_eq!(&impression["user_id"], user);
+        // Packed or not, an impression shares its user's partition with their clicks.
+        assert_eq!(
+            impression["_partition"],
+            partition_of(&stack, user),
+            "{impression}"
+        );
         assert_eq!(impression["experiment"], "home");
         let items: Vec<i64> = impression["items"]
             .as_array()
@@ -293,6 +315,16 @@ async fn posted_events_reach_kafka_and_invalid_ones_are_reported_by_index() {
     assert_eq!(body["errors"][1]["field"], "movie_id");
 
     let messages = read_until(&kafka, |seen| seen.len() >= 2).await;
+    for message in &messages {
+        // librdkafka's partitioner and `partition_for` agree, so packed
+        // impressions land where the user's posted events do.
+        let user = message["user_id"].as_str().unwrap();
+        assert_eq!(
+            message["_partition"],
+            partition_of(&stack, user),
+            "{message}"
+        );
+    }
     let mut ids: Vec<String> = messages
         .iter()
         .map(|m| m["event_id"].as_str().unwrap().to_owned())
@@ -514,4 +546,41 @@ async fn a_rewritten_list_is_served_once_the_list_cache_lifetime_has_passed() {
     let (_, body) = recommend(&api, &key, "c-user", "?limit=3").await;
     assert_eq!(body["model_version"], "pop-v2", "{body}");
     assert_eq!(movie_ids(&body), vec![31, 32, 33], "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_the_model_loop_rewrites_are_served_at_once_despite_the_list_cache() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    put_lists(&stack, &["r-user".to_owned()]).await;
+    let api = spawn_api(&stack, |config| config.list_cache_ttl_ms = 600_000).await;
+    let key = client_key(&stack).await;
+    let (status, body) = recommend(&api, &key, "r-user", "?limit=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "pop-v1", "{body}");
+
+    // As the model loop does: rewrite the lists, then mark the version done,
+    // which publishes the algorithm on `lists:changed`.
+    let mut conn = stack.stores.redis.conn().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(stack.stores.redis.keys.recs("popularity", "r-user"))
+        .arg(list("pop-v2", &[31, 32, 33]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    stack
+        .stores
+        .redis
+        .set_recs_version("popularity", "pop-v2")
+        .await
+        .unwrap();
+    let served_new = eventually(Duration::from_secs(1), || async {
+        let (_, body) = recommend(&api, &key, "r-user", "?limit=3").await;
+        body["model_version"] == "pop-v2" && movie_ids(&body) == vec![31, 32, 33]
+    })
+    .await;
+    assert!(
+        served_new,
+        "the new list serves within a second, long before the 10-minute list cache lifetime"
+    );
 }

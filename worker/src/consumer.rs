@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use domain::events::{Event, EventRules};
+use domain::events::{events_from_record, EventRules};
 use domain::ids::EventId;
 use domain::ports::pipeline::{
     BatchId, DedupCache, EventStore, IngestLedger, StoreError, StoredEvent,
@@ -47,7 +47,16 @@ pub struct Msg {
     pub payload: Option<Vec<u8>>,
 }
 
+/// Payload bytes at which a batch is closed before it reaches its size in
+/// messages: a record may pack hundreds of impressions, so a count of records
+/// alone does not bound the batch's memory.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+
 impl Msg {
+    fn len(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len)
+    }
+
     fn from_kafka<M: Message>(m: &M) -> Self {
         Self {
             partition: m.partition(),
@@ -112,10 +121,11 @@ impl Intake {
     async fn collect(&mut self, size: usize, max_wait: Duration) -> Vec<Msg> {
         let take = self.carry.len().min(size);
         let mut out: Vec<Msg> = self.carry.drain(..take).collect();
+        let mut bytes: usize = out.iter().map(Msg::len).sum();
         let idle = Duration::from_secs(3600);
         let timer = tokio::time::sleep(if out.is_empty() { idle } else { max_wait });
         tokio::pin!(timer);
-        while out.len() < size {
+        while out.len() < size && bytes < MAX_BATCH_BYTES {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -124,7 +134,9 @@ impl Intake {
                         if out.is_empty() {
                             timer.as_mut().reset(tokio::time::Instant::now() + max_wait);
                         }
-                        out.push(Msg::from_kafka(&m));
+                        let m = Msg::from_kafka(&m);
+                        bytes += m.len();
+                        out.push(m);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consumer error");
@@ -461,17 +473,20 @@ impl Pipeline {
         let mut letters = Vec::new();
         for m in batch {
             let payload = m.payload.as_deref().unwrap_or_default();
-            match Event::from_json(payload, now, self.rules) {
-                Ok(event) => events.push(StoredEvent::new(event)),
-                Err(e) => letters.push(DeadLetter::new(
-                    e.message,
-                    e.field,
-                    &self.settings.topic,
-                    m.partition,
-                    m.offset,
-                    m.key.clone(),
-                    payload,
-                )),
+            // A record holds one event or, from the api, a partition's packed impressions.
+            for parsed in events_from_record(payload, now, self.rules) {
+                match parsed {
+                    Ok(event) => events.push(StoredEvent::new(event)),
+                    Err(rejected) => letters.push(DeadLetter::new(
+                        rejected.error.message,
+                        rejected.error.field,
+                        &self.settings.topic,
+                        m.partition,
+                        m.offset,
+                        m.key.clone(),
+                        rejected.payload,
+                    )),
+                }
             }
         }
         if !letters.is_empty() {
@@ -484,6 +499,7 @@ impl Pipeline {
             }
         }
 
+        let consumed = events.len() + letters.len();
         let before = events.len();
         let mut unique = HashSet::with_capacity(before);
         events.retain(|e| unique.insert(e.event.id));
@@ -499,7 +515,8 @@ impl Pipeline {
         };
         self.intake.commit(batch).await;
 
-        metrics::counter!("marquee_worker_events_consumed_total").increment(batch.len() as u64);
+        metrics::counter!("marquee_worker_records_consumed_total").increment(batch.len() as u64);
+        metrics::counter!("marquee_worker_events_consumed_total").increment(consumed as u64);
         metrics::counter!("marquee_worker_events_written_total").increment(stored.written as u64);
         metrics::histogram!("marquee_worker_batch_size").record(batch.len() as f64);
         metrics::histogram!("marquee_worker_batch_duration_seconds")

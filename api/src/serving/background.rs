@@ -1,8 +1,9 @@
-//! Tasks that keep the serving snapshots fresh and drain the assignment queue.
+//! Tasks that keep the serving snapshots fresh, drain the assignment queue
+//! and send the packed impressions.
 //!
 //! Each runs until the shutdown token is cancelled; the drainer then writes
-//! what is left. Impressions need no task: librdkafka batches them itself,
-//! and [`flush_impressions`] waits for them at shutdown.
+//! what is left, and [`flush_impressions`] sends and waits for the impressions
+//! still buffered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use repositories::postgres::serving::NewAssignment;
 use repositories::redis::RedisStore;
+use repositories::redis_serving::ServingChange;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,9 @@ const DRAIN_LINGER: Duration = Duration::from_millis(20);
 pub struct RefreshIntervals {
     pub catalog: Duration,
     pub hot: Duration,
+    /// How long impressions for one partition are packed before they are
+    /// sent; zero sends each impression as its own record.
+    pub impression_packing: Duration,
 }
 
 /// Load every snapshot once, so the first request after startup is served
@@ -46,7 +51,7 @@ pub fn spawn(
     intervals: RefreshIntervals,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    vec![
+    let mut tasks = vec![
         tokio::spawn(catalog_loop(
             serving.clone(),
             intervals.catalog,
@@ -58,9 +63,21 @@ pub fn spawn(
             intervals.hot,
             shutdown.clone(),
         )),
-        tokio::spawn(weights_subscriber(serving.clone(), redis, shutdown.clone())),
-        tokio::spawn(assignment_drainer(serving, queues.assignments, shutdown)),
-    ]
+        tokio::spawn(changes_subscriber(serving.clone(), redis, shutdown.clone())),
+    ];
+    if !intervals.impression_packing.is_zero() {
+        tasks.push(tokio::spawn(impression_packer(
+            serving.clone(),
+            intervals.impression_packing,
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(assignment_drainer(
+        serving,
+        queues.assignments,
+        shutdown,
+    )));
+    tasks
 }
 
 async fn refresh_experiments(serving: &Serving) {
@@ -142,32 +159,38 @@ async fn hot_loop(
 }
 
 /// Reload experiments whenever a worker (or an admin call) publishes new
-/// weights; resubscribe with backoff when Redis goes away, and reload on
-/// every (re)subscription so a message missed while down is not lost.
-async fn weights_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: CancellationToken) {
+/// weights, and drop remembered lists of an algorithm whose lists the model
+/// loop rewrote; resubscribe with backoff when Redis goes away, and do both
+/// on every (re)subscription so a message missed while down is not lost.
+async fn changes_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match redis.weights_changes().await {
+        match redis.serving_changes().await {
             Ok(stream) => {
                 backoff = Duration::from_millis(200);
                 refresh_experiments(&serving).await;
+                serving.forget_lists(None);
                 let mut stream = std::pin::pin!(stream);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         message = stream.next() => match message {
-                            Some(experiment) => {
+                            Some(ServingChange::Weights(experiment)) => {
                                 tracing::debug!(%experiment, "weights changed; reloading experiments");
                                 refresh_experiments(&serving).await;
+                            }
+                            Some(ServingChange::Lists(algorithm)) => {
+                                tracing::info!(%algorithm, "lists rewritten; dropping the remembered ones");
+                                serving.forget_lists(Some(&algorithm));
                             }
                             None => break,
                         },
                     }
                 }
-                tracing::warn!("weights subscription ended; resubscribing");
+                tracing::warn!("serving-changes subscription ended; resubscribing");
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "subscribing to weight changes failed")
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "subscribing to weight and list changes failed")
             }
         }
         tokio::select! {
@@ -175,6 +198,61 @@ async fn weights_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: 
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How often the events topic's partition count is asked for once known
+/// (partitions may be added); while unknown, every [`PARTITIONS_RETRY`].
+const PARTITIONS_REFRESH: Duration = Duration::from_secs(60);
+const PARTITIONS_RETRY: Duration = Duration::from_secs(2);
+const PARTITIONS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends the impressions packed per partition every `window`, and keeps the
+/// partition count they are packed by current. Until the count is known
+/// (Kafka down at startup) impressions are sent one record each.
+async fn impression_packer(serving: Arc<Serving>, window: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_refresh = tokio::time::Instant::now();
+    let mut known = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        serving.impressions.flush_packs();
+        if tokio::time::Instant::now() < next_refresh {
+            continue;
+        }
+        let producer = serving.clone();
+        let refreshed = tokio::task::spawn_blocking(move || {
+            producer.impressions.refresh_partitions(PARTITIONS_TIMEOUT)
+        })
+        .await;
+        match refreshed {
+            Ok(Ok(partitions)) => {
+                if !known {
+                    tracing::info!(
+                        partitions,
+                        "packing impressions per partition of the events topic"
+                    );
+                }
+                known = true;
+            }
+            Ok(Err(e)) if !known => {
+                tracing::warn!(error = %e, "events topic's partitions unknown; sending impressions one record each")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "re-reading the events topic's partitions failed; keeping the last count")
+            }
+            Err(e) => tracing::warn!(error = %e, "partition refresh task failed"),
+        }
+        next_refresh = tokio::time::Instant::now()
+            + if known {
+                PARTITIONS_REFRESH
+            } else {
+                PARTITIONS_RETRY
+            };
     }
 }
 

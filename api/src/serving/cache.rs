@@ -42,6 +42,18 @@ impl<K: Eq + Hash, V: Clone> ExpiringCache<K, V> {
     }
 }
 
+impl<V: Clone> ExpiringCache<UserKey, V> {
+    /// Drop every entry whose scope is `scope`.
+    pub fn remove_scope(&self, scope: &str) {
+        self.entries
+            .retain(|key, _| key.scope.as_deref() != Some(scope));
+    }
+
+    pub fn clear(&self) {
+        self.entries.clear();
+    }
+}
+
 /// Key of a per-user entry: a scope (the experiment or the algorithm, if any)
 /// and the user. Hashes exactly like its borrowed form [`UserKeyRef`], so a
 /// lookup needs no owned strings.
@@ -109,6 +121,23 @@ mod tests {
         assert_eq!(cache.get(&UserKeyRef::new(None, "u1")), None);
         cache.insert(UserKey::new(None, "u1"), 3);
         assert_eq!(cache.get(&UserKeyRef::new(None, "u1")), Some(3));
+    }
+
+    #[test]
+    fn removing_a_scope_keeps_the_others() {
+        let cache = ExpiringCache::new(Duration::from_secs(60), 100).unwrap();
+        cache.insert(UserKey::new(Some("als"), "u1"), 1);
+        cache.insert(UserKey::new(Some("als"), "u2"), 2);
+        cache.insert(UserKey::new(Some("popularity"), "u1"), 3);
+        cache.remove_scope("als");
+        assert_eq!(cache.get(&UserKeyRef::new(Some("als"), "u1")), None);
+        assert_eq!(cache.get(&UserKeyRef::new(Some("als"), "u2")), None);
+        assert_eq!(
+            cache.get(&UserKeyRef::new(Some("popularity"), "u1")),
+            Some(3)
+        );
+        cache.clear();
+        assert_eq!(cache.get(&UserKeyRef::new(Some("popularity"), "u1")), None);
     }
 
     #[test]

@@ -15,8 +15,9 @@ use domain::events::Event;
 use std::time::Duration;
 
 use domain::experiment::Experiment;
-use domain::ids::{ExperimentKey, MovieId, UserId};
+use domain::ids::{ExperimentKey, UserId};
 use domain::recommend::{CatalogEntry, PrecomputedList, ScoredItem};
+use domain::serving::MovieMap;
 use repositories::kafka::{BufferedProducer, EventProducer, Refused};
 use repositories::postgres::serving::{NewAssignment, PgServing, UserContext};
 use tokio::sync::mpsc;
@@ -29,7 +30,7 @@ pub const FALLBACK_LEN: usize = 200;
 /// The catalog as the api serves it: titles by id and the fallback lists.
 #[derive(Debug, Default)]
 pub struct CatalogSnapshot {
-    pub titles: HashMap<MovieId, String>,
+    pub titles: MovieMap<String>,
     /// Popular by PostgreSQL history: served when Redis is down or cold.
     pub popular: Vec<ScoredItem>,
     /// The first catalog movies: a non-empty catalog never yields an empty list.
@@ -245,6 +246,16 @@ impl Serving {
             None => self.metrics.list_memory_miss.increment(1),
         }
         hit
+    }
+
+    /// Stop serving remembered lists of `algorithm` (every algorithm for
+    /// `None`): the model loop rewrote them, or a message may have been missed.
+    pub fn forget_lists(&self, algorithm: Option<&str>) {
+        match (&self.lists, algorithm) {
+            (Some(cache), Some(algorithm)) => cache.remove_scope(algorithm),
+            (Some(cache), None) => cache.clear(),
+            (None, _) => {}
+        }
     }
 
     /// Remember what Redis answered for `algorithm`'s list of `user`.

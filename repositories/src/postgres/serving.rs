@@ -30,7 +30,7 @@ pub struct PgServing {
 pub struct UserContext {
     pub sticky_arm: Option<ArmKey>,
     /// A set: every request filters its candidates through it.
-    pub seen: std::collections::HashSet<MovieId>,
+    pub seen: domain::serving::MovieSet,
 }
 
 /// A new assignment to record for sticky bucketing.

@@ -1,0 +1,344 @@
+//! Impressions to Kafka without waiting for the broker, packed per partition.
+//!
+//! The api emits one impression per request. Produced as one record each they
+//! cost the broker more CPU than the api spends answering the request (Tansu
+//! writes one SQLite row per record), so the impressions bound for one
+//! partition within one packing window travel as one record holding a JSON
+//! array ([`domain::events::record_of`]), which the worker unpacks
+//! ([`domain::events::events_from_record`]).
+//!
+//! A packed record goes to the partition that every producer of Marquee's
+//! events gives each of its users: librdkafka's `consistent_random`
+//! partitioner, CRC-32 of the key modulo the partition count
+//! ([`partition_for`]). A user's impressions and their later clicks therefore
+//! still share a partition and stay in order. Until the topic's partition
+//! count is known (the broker was down at startup), impressions go one record
+//! each, keyed by user, as before.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use domain::events::Event;
+use rdkafka::client::ClientContext;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{producer_config, KafkaSettings};
+use crate::RepoResult;
+
+/// Most impressions packed into one record: about 200 KB, well under the
+/// broker's and librdkafka's 1 MB message limit, and half of what the worker
+/// accepts in one record ([`domain::events::MAX_EVENTS_PER_RECORD`]).
+pub const MAX_EVENTS_PER_PACK: usize = 500;
+
+/// How long a buffered record may wait for the broker before it counts as
+/// lost. Nobody waits on it, so it is long: the local broker was seen to
+/// stall for several seconds, and with the store timeout (5 s) every event in
+/// flight then was dropped. The buffer's size, not this, bounds memory.
+const BUFFERED_DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// librdkafka's own linger when records are packed: it only gathers the packs
+/// of several partitions into one produce request.
+const PACKED_LINGER_MS: u32 = 5;
+/// librdkafka's linger when each event is its own record: it batches them
+/// into produce requests.
+const UNPACKED_LINGER_MS: u32 = 20;
+
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The partition librdkafka's `consistent_random` partitioner (set on every
+/// Marquee producer) gives a message keyed `key`.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    crc32fast::hash(key) % partitions.max(1)
+}
+
+/// What a [`BufferedProducer`] reports about deliveries it did not wait for,
+/// counted in events (a packed record counts each event it carries).
+#[derive(Clone)]
+pub struct DeliveryCounters {
+    /// Acknowledged by the broker.
+    pub delivered: metrics::Counter,
+    /// Given up on by librdkafka (broker down past the delivery timeout, or refused).
+    pub failed: metrics::Counter,
+}
+
+/// Why [`BufferedProducer::send`] refused an event.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The bounded buffer is full: the broker is slow or down.
+    #[error("the producer's buffer is full")]
+    BufferFull,
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Counts outcomes, releases their room in the buffer, and logs failures at
+/// most once per [`FAILURE_LOG_EVERY`].
+pub struct CountingContext {
+    counters: DeliveryCounters,
+    /// Events accepted by `send` and not yet delivered or given up on.
+    in_flight: AtomicUsize,
+    last_failure_log: Mutex<Option<Instant>>,
+}
+
+impl CountingContext {
+    fn lost(&self, events: usize, error: &dyn std::fmt::Display) {
+        self.counters.failed.increment(events as u64);
+        self.in_flight.fetch_sub(events, Ordering::AcqRel);
+        let mut last = lock(&self.last_failure_log);
+        if last.is_none_or(|at| at.elapsed() >= FAILURE_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(%error, events, "events not delivered to kafka; dropped (logged at most every 10 s)");
+        }
+    }
+}
+
+impl ClientContext for CountingContext {}
+
+impl ProducerContext for CountingContext {
+    /// How many events the record carried.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, events: usize) {
+        match result {
+            Ok(_) => {
+                self.counters.delivered.increment(events as u64);
+                self.in_flight.fetch_sub(events, Ordering::AcqRel);
+            }
+            Err((error, _)) => self.lost(events, error),
+        }
+    }
+}
+
+/// The impressions gathered for one partition since its last record.
+#[derive(Default)]
+struct Pack {
+    record: Vec<u8>,
+    events: usize,
+}
+
+impl Pack {
+    fn push(&mut self, event: &[u8]) {
+        self.record.push(if self.events == 0 { b'[' } else { b',' });
+        self.record.extend_from_slice(event);
+        self.events += 1;
+    }
+
+    /// The record's bytes: the JSON array of [`domain::events::record_of`].
+    fn finish(mut self) -> (Vec<u8>, usize) {
+        self.record.push(b']');
+        (self.record, self.events)
+    }
+}
+
+/// Produces events without waiting for the broker, for data whose loss is
+/// counted rather than retried by the caller (impressions): `send` packs the
+/// event with others bound for its partition; [`Self::flush_packs`] (every few
+/// milliseconds) and a full pack hand records to librdkafka, whose outcomes
+/// arrive later in [`DeliveryCounters`]. Memory is bounded in events.
+pub struct BufferedProducer {
+    producer: ThreadedProducer<CountingContext>,
+    topic: String,
+    /// One pack per partition of the topic; empty while the count is unknown
+    /// (then nothing is packed).
+    packs: Mutex<Vec<Pack>>,
+    capacity: usize,
+}
+
+impl BufferedProducer {
+    /// `buffer` bounds the events held while the broker is slow or down;
+    /// past it `send` refuses at once instead of blocking or growing memory.
+    /// `packed`: whether the caller runs [`Self::refresh_partitions`] and
+    /// [`Self::flush_packs`]; without them every event is its own record.
+    pub fn new(
+        settings: &KafkaSettings,
+        packed: bool,
+        buffer: usize,
+        counters: DeliveryCounters,
+    ) -> RepoResult<Self> {
+        let linger = if packed {
+            PACKED_LINGER_MS
+        } else {
+            UNPACKED_LINGER_MS
+        };
+        let config = producer_config(settings, linger, BUFFERED_DELIVERY_TIMEOUT, buffer);
+        let context = CountingContext {
+            counters,
+            in_flight: AtomicUsize::new(0),
+            last_failure_log: Mutex::new(None),
+        };
+        Ok(Self {
+            producer: config.create_with_context(context)?,
+            topic: settings.events_topic.clone(),
+            packs: Mutex::new(Vec::new()),
+            capacity: buffer.max(1),
+        })
+    }
+
+    /// Buffer `event` for the events topic, in its user's partition.
+    pub fn send(&self, event: &Event) -> Result<(), Refused> {
+        let in_flight = &self.producer.context().in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::BufferFull);
+        }
+        let payload = event.to_json();
+        let key = event.user_id.as_str().as_bytes();
+        let full = {
+            let mut packs = lock(&self.packs);
+            let partitions = u32::try_from(packs.len()).unwrap_or(0);
+            let partition = partition_for(key, partitions) as usize;
+            match packs.get_mut(partition) {
+                Some(pack) => {
+                    pack.push(&payload);
+                    Some(
+                        (pack.events >= MAX_EVENTS_PER_PACK)
+                            .then(|| (partition, std::mem::take(pack))),
+                    )
+                }
+                None => None,
+            }
+        };
+        match full {
+            Some(Some((partition, pack))) => self.produce_pack(partition, pack),
+            Some(None) => {}
+            // Partitions unknown: one record keyed by user, partitioned by librdkafka.
+            None => {
+                let record = BaseRecord::with_opaque_to(&self.topic, 1)
+                    .key(key)
+                    .payload(&payload);
+                if let Err((e, _)) = self.producer.send(record) {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return Err(match e {
+                        rdkafka::error::KafkaError::MessageProduction(
+                            RDKafkaErrorCode::QueueFull,
+                        ) => Refused::BufferFull,
+                        e => Refused::Kafka(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand every non-empty pack to librdkafka; call it every packing window.
+    pub fn flush_packs(&self) {
+        let packs: Vec<(usize, Pack)> = lock(&self.packs)
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, pack)| pack.events > 0)
+            .map(|(partition, pack)| (partition, std::mem::take(pack)))
+            .collect();
+        for (partition, pack) in packs {
+            self.produce_pack(partition, pack);
+        }
+    }
+
+    fn produce_pack(&self, partition: usize, pack: Pack) {
+        let (record, events) = pack.finish();
+        let Ok(partition) = i32::try_from(partition) else {
+            return self
+                .producer
+                .context()
+                .lost(events, &"partition out of range");
+        };
+        let sent = self.producer.send(
+            BaseRecord::<(), _, _>::with_opaque_to(&self.topic, events)
+                .partition(partition)
+                .payload(&record),
+        );
+        if let Err((e, _)) = sent {
+            self.producer.context().lost(events, &e);
+        }
+    }
+
+    /// Ask the broker how many partitions the topic has, and pack by that
+    /// from now on. Blocking (a broker round trip): call it off the async
+    /// workers. Returns the count, or the error with the previous count kept.
+    pub fn refresh_partitions(&self, timeout: Duration) -> RepoResult<u32> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        let count = u32::try_from(count).unwrap_or(0);
+        if count == 0 {
+            return Err(crate::RepoError::Config(format!(
+                "topic {} has no partitions yet",
+                self.topic
+            )));
+        }
+        // Packs gathered under an old count keep their partitions (Kafka
+        // never removes partitions); new ones are packed by the new count.
+        let old: Vec<(usize, Pack)> = {
+            let mut packs = lock(&self.packs);
+            if packs.len() == count as usize {
+                return Ok(count);
+            }
+            let mut fresh = Vec::with_capacity(count as usize);
+            fresh.resize_with(count as usize, Pack::default);
+            std::mem::replace(&mut *packs, fresh)
+                .into_iter()
+                .enumerate()
+                .filter(|(_, p)| p.events > 0)
+                .collect()
+        };
+        for (partition, pack) in old {
+            self.produce_pack(partition, pack);
+        }
+        Ok(count)
+    }
+
+    /// Send what is packed and wait up to `timeout` for every buffered event
+    /// to be delivered (or to fail). Blocking: call it from a blocking thread,
+    /// at shutdown.
+    pub fn flush(&self, timeout: Duration) -> RepoResult<()> {
+        self.flush_packs();
+        Ok(self.producer.flush(timeout)?)
+    }
+
+    /// Events packed, buffered or in flight.
+    pub fn pending(&self) -> usize {
+        self.producer.context().in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// A poisoned lock still guards whole values here (packs are swapped whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_for_is_crc32_modulo_the_count() {
+        // CRC-32 (IEEE) of "123456789" is the standard check value 0xCBF43926.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        assert_eq!(partition_for(b"123456789", 4), 0xCBF4_3926 % 4);
+        assert_eq!(partition_for(b"u1", 1), 0);
+        assert_eq!(partition_for(b"u1", 0), 0);
+    }
+
+    #[test]
+    fn a_pack_is_a_json_array_of_its_events() {
+        let mut pack = Pack::default();
+        pack.push(br#"{"a":1}"#);
+        pack.push(br#"{"b":2}"#);
+        let (record, events) = pack.finish();
+        assert_eq!(events, 2);
+        assert_eq!(
+            record,
+            domain::events::record_of([br#"{"a":1}"#.as_slice(), br#"{"b":2}"#.as_slice()])
+        );
+    }
+}
