@@ -22,7 +22,7 @@ use crate::routes::{events, health, metrics, recommendations};
         algorithms::list, keys::create, keys::revoke,
     ),
     components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
-        recommendations::Recommendations, recommendations::RecommendedItem,
+        recommendations::Recommendations<'static>, recommendations::RecommendedItem<'static>,
         events::EventBatch, events::EventError, events::EventsAccepted, events::EventsRejected,
         models::ModelList, models::ModelVersion,
     )),

@@ -586,7 +586,8 @@ mod tests {
     #[test]
     fn a_record_of_one_object_is_one_event() {
         let event = click().validate(now(), EventRules::default()).unwrap();
-        let parsed = events_from_record(&event.to_json(), now(), EventRules::default());
+        let wire = event.to_json();
+        let parsed = events_from_record(&wire, now(), EventRules::default());
         assert_eq!(parsed, vec![Ok(event)]);
     }
 

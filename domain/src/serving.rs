@@ -126,9 +126,12 @@ mod tests {
     #[test]
     fn unknown_movies_are_skipped() {
         let model = items(&[1, 2, 3]);
-        let list = compose(10, &[(ItemSource::Model, &model)], &HashSet::new(), |m| {
-            m.get() != 2
-        });
+        let list = compose(
+            10,
+            &[(ItemSource::Model, &model)],
+            &MovieSet::default(),
+            |m| m.get() != 2,
+        );
         assert_eq!(ids(&list), vec![1, 3]);
     }
 
@@ -148,10 +151,22 @@ mod tests {
     fn respects_the_limit_and_an_empty_catalog_gives_nothing() {
         let model = items(&[1, 2, 3, 4]);
         assert_eq!(
-            compose(2, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).len(),
+            compose(
+                2,
+                &[(ItemSource::Model, &model)],
+                &MovieSet::default(),
+                |_| true
+            )
+            .len(),
             2
         );
-        assert!(compose(5, &[], &HashSet::new(), |_| true).is_empty());
-        assert!(compose(0, &[(ItemSource::Model, &model)], &HashSet::new(), |_| true).is_empty());
+        assert!(compose(5, &[], &MovieSet::default(), |_| true).is_empty());
+        assert!(compose(
+            0,
+            &[(ItemSource::Model, &model)],
+            &MovieSet::default(),
+            |_| true
+        )
+        .is_empty());
     }
 }

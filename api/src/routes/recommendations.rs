@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
 use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
@@ -48,9 +49,10 @@ pub struct RecommendationsQuery {
 
 /// One served movie.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RecommendedItem {
+pub struct RecommendedItem<'a> {
     pub movie_id: i64,
-    pub title: String,
+    /// Borrowed from the catalog snapshot: no copy per served movie.
+    pub title: &'a str,
     /// 0-based position in the list.
     pub position: u16,
     /// The source's score; comparable only between items of the same source.
@@ -62,18 +64,21 @@ pub struct RecommendedItem {
 
 /// A served list and the assignment that chose it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Recommendations {
+pub struct Recommendations<'a> {
     /// Send it back on clicks, views, likes and conversions to attribute them to this list.
     pub request_id: Uuid,
     /// The experiment the user was assigned in, if any applied.
-    pub experiment: Option<String>,
+    pub experiment: Option<&'a str>,
     /// The user's arm; absent when no running experiment covers the user.
-    pub arm: Option<String>,
-    pub algorithm: String,
+    pub arm: Option<&'a str>,
+    pub algorithm: &'a str,
     /// Version of the model that computed the list, when it came from one.
-    pub model_version: Option<String>,
-    pub items: Vec<RecommendedItem>,
+    pub model_version: Option<&'a str>,
+    pub items: Vec<RecommendedItem<'a>>,
 }
+
+/// Room for a ten-movie answer, so serialising it does not regrow the buffer.
+const RESPONSE_CAPACITY: usize = 2048;
 
 /// How the list is chosen for this request.
 struct Plan<'a> {
@@ -97,7 +102,7 @@ fn parse_limit(limit: Option<i64>) -> ApiResult<usize> {
 #[utoipa::path(get, path = "/v1/users/{user_id}/recommendations", tag = "serving",
     params(("user_id" = String, Path, description = "the user as the front-end knows them"), RecommendationsQuery),
     responses(
-        (status = 200, body = Recommendations),
+        (status = 200, body = Recommendations<'static>),
         (status = 400, body = crate::error::ErrorBody, description = "bad user id, limit or experiment key"),
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody),
@@ -110,7 +115,7 @@ pub async fn recommendations(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<RecommendationsQuery>,
-) -> ApiResult<Json<Recommendations>> {
+) -> ApiResult<Response> {
     let user = UserId::parse_field("user_id", user_id)?;
     let limit = parse_limit(query.limit)?;
     let named = query
@@ -183,7 +188,10 @@ pub async fn recommendations(
         |m| catalog.titles.is_empty() || catalog.titles.contains_key(&m),
     );
     let from_model = chosen.iter().any(|c| c.source == ItemSource::Model);
-    let model_version = list.filter(|_| from_model).map(|l| l.model_version.clone());
+    let model_version = list
+        .as_ref()
+        .filter(|_| from_model)
+        .map(|l| l.model_version.as_str());
     let request_id = Uuid::now_v7();
 
     if let (Some(e), Some(a)) = (running, &assignment) {
@@ -205,7 +213,7 @@ pub async fn recommendations(
                     e.key().clone(),
                     a.arm.clone(),
                     algorithm_key,
-                    model_version.clone(),
+                    model_version.map(str::to_owned),
                     &chosen,
                 ));
             }
@@ -217,20 +225,24 @@ pub async fn recommendations(
         .enumerate()
         .map(|(position, c)| RecommendedItem {
             movie_id: c.movie_id.get(),
-            title: catalog.titles.get(&c.movie_id).cloned().unwrap_or_default(),
+            title: catalog.titles.get(&c.movie_id).map_or("", String::as_str),
             position: position as u16,
             score: c.score,
             source: c.source,
         })
         .collect();
-    Ok(Json(Recommendations {
+    let answer = Recommendations {
         request_id,
-        experiment: plan.experiment.map(|e| e.key().to_string()),
-        arm: arm.map(String::from),
-        algorithm: algorithm.to_owned(),
+        experiment: plan.experiment.map(|e| e.key().as_str()),
+        arm: arm.as_ref().map(ArmKey::as_str),
+        algorithm,
         model_version,
         items,
-    }))
+    };
+    // Serialised here, while the catalog snapshot it borrows from is held.
+    let mut body = Vec::with_capacity(RESPONSE_CAPACITY);
+    serde_json::to_writer(&mut body, &answer).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The user's assignment (in a running experiment), arm and algorithm: the

@@ -1,0 +1,93 @@
+//! Records packing several events (as the api packs a partition's
+//! impressions): each event is stored once, a resent record adds nothing, and
+//! a bad element goes alone to the DLQ while its neighbours are stored.
+//! Its own test binary: the worker's metrics are process-wide.
+
+use std::time::{Duration, Instant};
+
+use marquee_tests::worker_harness::{
+    group_lag, mixed_events, produce_raw, producer, spawn_worker, wait_for_events,
+};
+use marquee_tests::TestStack;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_lettered() {
+    let stack = TestStack::fresh().await;
+    let group = format!("packed-{}", stack.id);
+    let worker = spawn_worker(&stack, |c| {
+        c.group_id = group.clone();
+        c.batch_size = 7;
+    })
+    .await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+
+    // 20 records of 25 good events each (as the api packs impressions); the
+    // first 4 records also carry one bad element; the last record is sent
+    // twice, as a retrying producer would.
+    let good = mixed_events(500, 40, 7);
+    let bad = br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c99","type":"purchase","user_id":"u1","movie_id":3}"#;
+    let mut messages = Vec::new();
+    for (i, chunk) in good.chunks(25).enumerate() {
+        let wire: Vec<Vec<u8>> = chunk.iter().map(|e| e.to_json()).collect();
+        let mut elements: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+        if i < 4 {
+            elements.insert(i, bad.as_slice());
+        }
+        messages.push(("packed".to_owned(), domain::events::record_of(elements)));
+    }
+    let last = messages[messages.len() - 1].clone();
+    messages.push(last);
+    produce_raw(&producer, &topic, &messages).await;
+
+    let (_, unique) = wait_for_events(&stack, 500, Duration::from_secs(60)).await;
+    assert_eq!(unique, 500, "every packed event stored");
+    let mut lag = i64::MAX;
+    for _ in 0..100 {
+        lag = group_lag(&stack, &group);
+        if lag == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lag, 0, "every record consumed");
+    let (rows_after, unique_after) = wait_for_events(&stack, 500, Duration::from_secs(2)).await;
+    assert_eq!(
+        (rows_after, unique_after),
+        (500, 500),
+        "each event stored once, the resent record's too"
+    );
+
+    let dlq: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.settings.kafka_brokers)
+        .set("group.id", format!("dlq-reader-{}", stack.id))
+        .set("auto.offset.reset", "earliest")
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[stack.settings.dlq_topic.as_str()]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while letters.len() < 4 && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), dlq.recv()).await {
+            letters.push(serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap());
+        }
+    }
+    assert_eq!(
+        letters.len(),
+        4,
+        "one dead letter per bad element: {letters:?}"
+    );
+    for letter in &letters {
+        assert_eq!(letter["field"], "type");
+        assert_eq!(
+            letter["payload"].as_str().unwrap().as_bytes(),
+            bad.as_slice(),
+            "the letter holds the element, not the whole record"
+        );
+    }
+    worker.stop().await;
+}
