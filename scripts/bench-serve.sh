@@ -38,6 +38,18 @@ base_url="${MARQUEE_DATABASE_URL%/*}"
 psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 export MARQUEE_DATABASE_URL="$base_url/$DB"
 cargo build --release --locked -p marquee-api >/dev/null 2>&1
+# A fresh bench topic each run: the broker's cost per record grows with the
+# size of its store, and each run adds about a million impressions.
+"${MARQUEE_TOOLS_DIR:-$HOME/.cache/marquee/tools}/venv/bin/python" - "$MARQUEE_KAFKA_BROKERS" "$MARQUEE_EVENTS_TOPIC" "$MARQUEE_DLQ_TOPIC" <<'PY' || true
+import sys
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+for topic, done in admin.delete_topics(sys.argv[2:], operation_timeout=10).items():
+    try:
+        done.result()
+    except Exception as e:  # absent on the first run
+        print(f"[bench] not deleting {topic}: {e}", file=sys.stderr)
+PY
 target/release/api migrate >/dev/null
 
 echo "[bench] seeding $MOVIES movies, $USERS users (5 views each), 2 lists per user"
@@ -139,58 +151,78 @@ cpu_during_run() {
   cpu_shares "$before" "$(cpu_by_process)" "$span"
 }
 cpu_file="$(mktemp)"
-echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations"
-cpu_during_run >"$cpu_file" &
-if [ -n "${PERF:-}" ]; then
-  # PERF=1: a CPU profile of the api during this phase, for `perf report -i`.
-  (sleep 3; perf record -F 499 --call-graph dwarf,16384 -p "$api_pid" -o target/bench-serve.perf.data -- sleep 8 >/dev/null 2>&1) &
-fi
-recs="$(run -s "$lua" "http://127.0.0.1:$PORT")"
-wait $!
-recs_cpu="$(cat "$cpu_file")"
-echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: /health/live"
-cpu_during_run >"$cpu_file" &
-live="$(run "http://127.0.0.1:$PORT/health/live")"
-wait $!
-live_cpu="$(cat "$cpu_file")"
+# One measured phase: wrk's output in $out_file, CPU shares in $cpu_file.
+phase() {
+  local label="$1"; shift
+  echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: $label"
+  cpu_during_run >"$cpu_file" &
+  local sampler=$!
+  if [ -n "${PERF:-}" ] && [ "$label" = "recommendations (round 1)" ]; then
+    # PERF=1: a CPU profile of the api during this phase, for `perf report -i`.
+    (sleep 3; perf record -F 499 --call-graph dwarf,16384 -p "$api_pid" -o target/bench-serve.perf.data -- sleep 8 >/dev/null 2>&1) &
+  fi
+  run "$@" >"$out_file"
+  wait "$sampler"
+}
+out_file="$(mktemp)"
+# ROUNDS alternating pairs, so drift on a shared machine (other load, the
+# broker's store, page cache) falls on both routes alike.
+ROUNDS="${ROUNDS:-2}"
+declare -a recs_out live_out
+for round in $(seq 1 "$ROUNDS"); do
+  phase "recommendations (round $round)" -s "$lua" "http://127.0.0.1:$PORT"
+  recs_out[round]="$(cat "$out_file")"
+  [ "$round" = 1 ] && recs_cpu="$(cat "$cpu_file")"
+  phase "/health/live (round $round)" "http://127.0.0.1:$PORT/health/live"
+  live_out[round]="$(cat "$out_file")"
+  [ "$round" = 1 ] && live_cpu="$(cat "$cpu_file")"
+done
 rss_kb="$(awk '/VmHWM/ {print $2}' "/proc/$api_pid/status")"
 stop_api
 # The same route with the in-process list cache off: every request reads Redis.
 start_api MARQUEE_LIST_CACHE_TTL_MS=0
 warm
-echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations, list cache off"
-uncached="$(run -s "$lua" "http://127.0.0.1:$PORT")"
+phase "recommendations, list cache off" -s "$lua" "http://127.0.0.1:$PORT"
+uncached="$(cat "$out_file")"
 stop_api
 # The same route with each impression its own Kafka record (no packing).
 start_api MARQUEE_IMPRESSION_PACKING_MS=0
 warm
-echo "[bench] wrk ${DURATION}s x $CONNECTIONS connections: recommendations, impressions unpacked"
-cpu_during_run >"$cpu_file" &
-unpacked="$(run -s "$lua" "http://127.0.0.1:$PORT")"
-wait $!
+phase "recommendations, impressions unpacked" -s "$lua" "http://127.0.0.1:$PORT"
+unpacked="$(cat "$out_file")"
 unpacked_cpu="$(cat "$cpu_file")"
 stop_api
-rm -f "$lua" "$cpu_file"
+rm -f "$lua" "$cpu_file" "$out_file"
 
 # wrk prints latencies as 1.23ms / 456.78us / 1.2s; normalise to ms.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}'; }
 field() { echo "$1" | awk -v k="$2" '$1 == k {print $2}' | to_ms; }
 rps() { echo "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
 errors() { echo "$1" | awk '/Non-2xx|Socket errors/ {print}' ; }
-recs_rps="$(rps "$recs")"; live_rps="$(rps "$live")"; uncached_rps="$(rps "$uncached")"; unpacked_rps="$(rps "$unpacked")"
-printf '\n%-48s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
-printf '%-48s %10s %9s %9s\n' "GET /v1/users/{id}/recommendations" "$recs_rps" "$(field "$recs" 50%)" "$(field "$recs" 99%)"
-printf '%-48s %10s %9s %9s\n' "GET /health/live (baseline)" "$live_rps" "$(field "$live" 50%)" "$(field "$live" 99%)"
-printf '%-48s %10s %9s %9s\n' "recommendations, list cache off (every MGET)" "$uncached_rps" "$(field "$uncached" 50%)" "$(field "$uncached" 99%)"
-printf '%-48s %10s %9s %9s\n' "recommendations, one Kafka record per impression" "$unpacked_rps" "$(field "$unpacked" 50%)" "$(field "$unpacked" 99%)"
-echo "ratio recommendations/live rps: $(echo "scale=2; $recs_rps / $live_rps" | bc)"
-echo "ratio with the list cache off:   $(echo "scale=2; $uncached_rps / $live_rps" | bc)"
-echo "ratio with impressions unpacked: $(echo "scale=2; $unpacked_rps / $live_rps" | bc)"
+row() { printf '%-52s %10s %9s %9s\n' "$1" "$(rps "$2")" "$(field "$2" 50%)" "$(field "$2" 99%)"; }
+printf '\n%-52s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
+recs_total=0; live_total=0
+for round in $(seq 1 "$ROUNDS"); do
+  row "GET /v1/users/{id}/recommendations (round $round)" "${recs_out[round]}"
+  row "GET /health/live, baseline (round $round)" "${live_out[round]}"
+  recs_total=$((recs_total + $(rps "${recs_out[round]}")))
+  live_total=$((live_total + $(rps "${live_out[round]}")))
+done
+row "recommendations, list cache off (every MGET)" "$uncached"
+row "recommendations, one Kafka record per impression" "$unpacked"
+live_mean=$((live_total / ROUNDS))
+for round in $(seq 1 "$ROUNDS"); do
+  echo "ratio recommendations/live, round $round: $(echo "scale=2; $(rps "${recs_out[round]}") / $(rps "${live_out[round]}")" | bc)"
+done
+echo "ratio recommendations/live, all rounds: $(echo "scale=2; $recs_total / $live_total" | bc)"
+echo "ratio with the list cache off (to the mean baseline):   $(echo "scale=2; $(rps "$uncached") / $live_mean" | bc)"
+echo "ratio with impressions unpacked (to the mean baseline): $(echo "scale=2; $(rps "$unpacked") / $live_mean" | bc)"
 echo "api peak RSS: $((rss_kb / 1024)) MiB"
-echo "CPU per process (100% = one core), recommendations:"
+echo "CPU per process (100% = one core), recommendations round 1:"
 echo "$recs_cpu"
-echo "CPU per process, /health/live:"
+echo "CPU per process, /health/live round 1:"
 echo "$live_cpu"
 echo "CPU per process, recommendations with impressions unpacked:"
 echo "$unpacked_cpu"
-errors "$recs"; errors "$live"; errors "$uncached"; errors "$unpacked"
+for round in $(seq 1 "$ROUNDS"); do errors "${recs_out[round]}"; errors "${live_out[round]}"; done
+errors "$uncached"; errors "$unpacked"
