@@ -294,7 +294,10 @@ impl Event {
             model_version: imp.and_then(|i| i.model_version.as_deref()),
             items: imp.map(|i| i.items.as_slice()),
         };
-        let mut out = Vec::with_capacity(256);
+        // Sized for the whole event, so the buffer is never regrown: about 320
+        // bytes of ids, keys and timestamp, and 32 per served item.
+        let items = imp.map_or(0, |i| i.items.len());
+        let mut out = Vec::with_capacity(320 + 32 * items);
         // Serialising plain fields into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut out, &wire);
         out
