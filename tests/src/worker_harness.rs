@@ -443,6 +443,46 @@ pub fn group_committed(stack: &TestStack, group: &str) -> i64 {
     group_offsets(stack, group).iter().map(|(c, _)| *c).sum()
 }
 
+/// Poll [`group_lag`] until it is 0 or `timeout` passes; returns the last lag seen.
+pub async fn wait_for_zero_lag(stack: &TestStack, group: &str, timeout: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let lag = group_lag(stack, group);
+        if lag == 0 || tokio::time::Instant::now() >= deadline {
+            return lag;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Dead letters on the stack's DLQ topic as (Kafka key, JSON body), read
+/// from the start until `want` have arrived or `timeout` passes.
+pub async fn read_dead_letters(
+    stack: &TestStack,
+    want: usize,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, serde_json::Value)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let dlq: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.settings.kafka_brokers)
+        .set("group.id", format!("dlq-reader-{}", stack.id))
+        .set("auto.offset.reset", "earliest")
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[stack.settings.dlq_topic.as_str()]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while letters.len() < want && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), dlq.recv()).await {
+            let body = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            letters.push((m.key().map(<[u8]>::to_vec), body));
+        }
+    }
+    letters
+}
+
 /// High watermark minus committed offset summed over the partitions of the
 /// events topic for `group` (0 when everything is committed).
 pub fn group_lag(stack: &TestStack, group: &str) -> i64 {

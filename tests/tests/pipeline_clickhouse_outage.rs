@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use marquee_tests::worker_harness::{
-    clickhouse_counts, clickhouse_raw_rows, group_committed, group_lag, mixed_events,
-    produce_events, producer, spawn_worker, wait_for_events, TcpProxy,
+    clickhouse_counts, clickhouse_raw_rows, group_committed, mixed_events, produce_events,
+    producer, spawn_worker, wait_for_events, wait_for_zero_lag, TcpProxy,
 };
 use marquee_tests::TestStack;
 
@@ -84,14 +84,7 @@ async fn clickhouse_outage_pauses_and_commits_nothing_unwritten() {
         produced,
         "no row written twice"
     );
-    let mut lag = i64::MAX;
-    for _ in 0..100 {
-        lag = group_lag(&stack, &group);
-        if lag == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
     assert_eq!(lag, 0);
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
         .await

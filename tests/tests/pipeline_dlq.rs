@@ -3,14 +3,13 @@
 //! partition keeps moving.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use marquee_tests::worker_harness::{
-    group_lag, mixed_events, produce_raw, producer, spawn_worker, wait_for_events,
+    mixed_events, produce_raw, producer, read_dead_letters, spawn_worker, wait_for_events,
+    wait_for_zero_lag,
 };
 use marquee_tests::TestStack;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,33 +52,19 @@ async fn malformed_messages_go_to_the_dlq_and_the_partition_keeps_moving() {
 
     let (rows, unique) = wait_for_events(&stack, 500, Duration::from_secs(60)).await;
     assert_eq!((rows, unique), (500, 500));
-    let mut lag = i64::MAX;
-    for _ in 0..100 {
-        lag = group_lag(&stack, &group);
-        if lag == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
     assert_eq!(lag, 0, "offsets moved past the bad messages");
 
     // Read the DLQ back.
-    let dlq: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack.settings.kafka_brokers)
-        .set("group.id", format!("dlq-reader-{}", stack.id))
-        .set("auto.offset.reset", "earliest")
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    dlq.subscribe(&[stack.settings.dlq_topic.as_str()]).unwrap();
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while letters.len() < 80 && Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), dlq.recv()).await {
-            assert_eq!(m.key(), Some(&b"same-key"[..]), "keyed like the original");
-            letters.push(serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap());
-        }
+    let letters = read_dead_letters(&stack, 80, Duration::from_secs(30)).await;
+    for (key, _) in &letters {
+        assert_eq!(
+            key.as_deref(),
+            Some(&b"same-key"[..]),
+            "keyed like the original"
+        );
     }
+    let letters: Vec<Value> = letters.into_iter().map(|(_, letter)| letter).collect();
     assert_eq!(letters.len(), 80, "one dead letter per bad message");
     let mut fields: HashMap<String, usize> = HashMap::new();
     for l in &letters {

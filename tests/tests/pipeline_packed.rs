@@ -3,14 +3,13 @@
 //! a bad element goes alone to the DLQ while its neighbours are stored.
 //! Its own test binary: the worker's metrics are process-wide.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use marquee_tests::worker_harness::{
-    group_lag, mixed_events, produce_raw, producer, spawn_worker, wait_for_events,
+    mixed_events, produce_raw, producer, read_dead_letters, spawn_worker, wait_for_events,
+    wait_for_zero_lag,
 };
 use marquee_tests::TestStack;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,14 +44,7 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
 
     let (_, unique) = wait_for_events(&stack, 500, Duration::from_secs(60)).await;
     assert_eq!(unique, 500, "every packed event stored");
-    let mut lag = i64::MAX;
-    for _ in 0..100 {
-        lag = group_lag(&stack, &group);
-        if lag == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
     assert_eq!(lag, 0, "every record consumed");
     let (rows_after, unique_after) = wait_for_events(&stack, 500, Duration::from_secs(2)).await;
     assert_eq!(
@@ -61,21 +53,8 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
         "each event stored once, the resent record's too"
     );
 
-    let dlq: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack.settings.kafka_brokers)
-        .set("group.id", format!("dlq-reader-{}", stack.id))
-        .set("auto.offset.reset", "earliest")
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    dlq.subscribe(&[stack.settings.dlq_topic.as_str()]).unwrap();
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while letters.len() < 4 && Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), dlq.recv()).await {
-            letters.push(serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap());
-        }
-    }
+    let letters = read_dead_letters(&stack, 4, Duration::from_secs(20)).await;
+    let letters: Vec<Value> = letters.into_iter().map(|(_, letter)| letter).collect();
     assert_eq!(
         letters.len(),
         4,
