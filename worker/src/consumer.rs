@@ -119,9 +119,15 @@ impl Intake {
     /// Up to `size` messages: waits as long as it takes for the first, then at
     /// most `max_wait` for the rest. Returns early (possibly empty) on shutdown.
     async fn collect(&mut self, size: usize, max_wait: Duration) -> Vec<Msg> {
-        let take = self.carry.len().min(size);
-        let mut out: Vec<Msg> = self.carry.drain(..take).collect();
-        let mut bytes: usize = out.iter().map(Msg::len).sum();
+        let mut out: Vec<Msg> = Vec::new();
+        let mut bytes = 0;
+        while out.len() < size && bytes < MAX_BATCH_BYTES {
+            let Some(m) = self.carry.pop_front() else {
+                break;
+            };
+            bytes += m.len();
+            out.push(m);
+        }
         let idle = Duration::from_secs(3600);
         let timer = tokio::time::sleep(if out.is_empty() { idle } else { max_wait });
         tokio::pin!(timer);

@@ -293,12 +293,13 @@ async fn read_lists(
         return lists;
     }
     let names: Vec<&str> = missing.iter().map(|(_, a)| *a).collect();
+    let generation = serving.list_generation();
     let read = state.stores.redis.serving_lists(&names, user.as_str());
     match tokio::time::timeout(limit, read).await {
         Ok(Ok(fetched)) => {
             for ((i, algorithm), list) in missing.into_iter().zip(fetched) {
                 let list = list.map(Arc::new);
-                serving.remember_list(algorithm, user, list.clone());
+                serving.remember_list(algorithm, user, list.clone(), generation);
                 lists[i] = list;
             }
         }

@@ -71,6 +71,10 @@ pub fn spawn(
             intervals.impression_packing,
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(partition_refresher(
+            serving.clone(),
+            shutdown.clone(),
+        )));
     }
     tasks.push(tokio::spawn(assignment_drainer(
         serving,
@@ -207,28 +211,34 @@ const PARTITIONS_REFRESH: Duration = Duration::from_secs(60);
 const PARTITIONS_RETRY: Duration = Duration::from_secs(2);
 const PARTITIONS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sends the impressions packed per partition every `window`, and keeps the
-/// partition count they are packed by current. Until the count is known
-/// (Kafka down at startup) impressions are sent one record each.
+/// Sends the impressions packed per partition every `window`.
 async fn impression_packer(serving: Arc<Serving>, window: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(window);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_refresh = tokio::time::Instant::now();
-    let mut known = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         serving.impressions.flush_packs();
-        if tokio::time::Instant::now() < next_refresh {
-            continue;
-        }
+    }
+}
+
+/// Keeps the partition count impressions are packed by current; a task of its
+/// own, so a slow broker's metadata answer never delays the packer's tick.
+/// Until the count is known (Kafka down at startup) impressions are sent one
+/// record each.
+async fn partition_refresher(serving: Arc<Serving>, shutdown: CancellationToken) {
+    let mut known = false;
+    loop {
         let producer = serving.clone();
-        let refreshed = tokio::task::spawn_blocking(move || {
+        let refresh = tokio::task::spawn_blocking(move || {
             producer.impressions.refresh_partitions(PARTITIONS_TIMEOUT)
-        })
-        .await;
+        });
+        let refreshed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            refreshed = refresh => refreshed,
+        };
         match refreshed {
             Ok(Ok(partitions)) => {
                 if !known {
@@ -247,12 +257,15 @@ async fn impression_packer(serving: Arc<Serving>, window: Duration, shutdown: Ca
             }
             Err(e) => tracing::warn!(error = %e, "partition refresh task failed"),
         }
-        next_refresh = tokio::time::Instant::now()
-            + if known {
-                PARTITIONS_REFRESH
-            } else {
-                PARTITIONS_RETRY
-            };
+        let wait = if known {
+            PARTITIONS_REFRESH
+        } else {
+            PARTITIONS_RETRY
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

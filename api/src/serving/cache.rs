@@ -45,6 +45,10 @@ impl<K: Eq + Hash, V: Clone> ExpiringCache<K, V> {
         (Instant::now() < expires).then_some(value)
     }
 
+    pub fn remove<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q) {
+        self.entries.remove(key);
+    }
+
     pub fn insert(&self, key: K, value: V) {
         let share = rand::random_range(MIN_LIFETIME_SHARE..=1.0);
         let expires = Instant::now() + self.ttl.mul_f64(share);

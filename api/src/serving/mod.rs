@@ -9,6 +9,7 @@ pub mod background;
 pub mod cache;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use domain::events::Event;
@@ -102,6 +103,10 @@ pub struct Serving {
     /// Precomputed lists by (algorithm, user), `None` for "Redis has none";
     /// `None` when disabled.
     lists: Option<ExpiringCache<UserKey, Option<Arc<PrecomputedList>>>>,
+    /// Bumped whenever remembered lists are dropped: a Redis read that began
+    /// before the drop may carry a list rewritten since, and must not be
+    /// remembered.
+    list_generation: AtomicU64,
 }
 
 /// Lifetime and size of one of the per-user caches.
@@ -191,6 +196,7 @@ impl Serving {
                 assignments: assignments_tx,
                 user_contexts: user_cache.build(),
                 lists: list_cache.build(),
+                list_generation: AtomicU64::new(0),
                 metrics: ServingMetrics::register(),
             },
             ServingQueues {
@@ -251,6 +257,8 @@ impl Serving {
     /// Stop serving remembered lists of `algorithm` (every algorithm for
     /// `None`): the model loop rewrote them, or a message may have been missed.
     pub fn forget_lists(&self, algorithm: Option<&str>) {
+        // Bumped before dropping: see `remember_list`.
+        self.list_generation.fetch_add(1, Ordering::AcqRel);
         match (&self.lists, algorithm) {
             (Some(cache), Some(algorithm)) => cache.remove_scope(algorithm),
             (Some(cache), None) => cache.clear(),
@@ -258,15 +266,31 @@ impl Serving {
         }
     }
 
-    /// Remember what Redis answered for `algorithm`'s list of `user`.
+    /// The current list generation: take it before reading lists from Redis
+    /// and hand it to [`Self::remember_list`].
+    pub fn list_generation(&self) -> u64 {
+        self.list_generation.load(Ordering::Acquire)
+    }
+
+    /// Remember what Redis answered for `algorithm`'s list of `user`, unless
+    /// remembered lists were dropped since the read began (`generation`): the
+    /// answer may predate a rewrite. Checked after inserting, and the entry
+    /// taken back, so a drop between the check and the insert cannot be missed.
     pub fn remember_list(
         &self,
         algorithm: &str,
         user: &UserId,
         list: Option<Arc<PrecomputedList>>,
+        generation: u64,
     ) {
         if let Some(cache) = &self.lists {
+            if self.list_generation() != generation {
+                return;
+            }
             cache.insert(UserKey::new(Some(algorithm), user.as_str()), list);
+            if self.list_generation() != generation {
+                cache.remove(&UserKeyRef::new(Some(algorithm), user.as_str()));
+            }
         }
     }
 

@@ -28,10 +28,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::{producer_config, KafkaSettings};
 use crate::RepoResult;
 
-/// Most impressions packed into one record: about 200 KB, well under the
-/// broker's and librdkafka's 1 MB message limit, and half of what the worker
-/// accepts in one record ([`domain::events::MAX_EVENTS_PER_RECORD`]).
+/// Most impressions packed into one record: half of what the worker accepts
+/// in one record ([`domain::events::MAX_EVENTS_PER_RECORD`]).
 pub const MAX_EVENTS_PER_PACK: usize = 500;
+
+/// Most bytes in one packed record: under librdkafka's and the broker's
+/// 1,000,000-byte message limit, which 500 impressions of 100 movies each
+/// (about 4 KB apiece) would pass; a pack that would outgrow it is sent first.
+pub const MAX_PACK_BYTES: usize = 900_000;
 
 /// How long a buffered record may wait for the broker before it counts as
 /// lost. Nobody waits on it, so it is long: the local broker was seen to
@@ -120,6 +124,12 @@ struct Pack {
 }
 
 impl Pack {
+    /// The finished record's length if `event` were added.
+    fn len_with(&self, event: &[u8]) -> usize {
+        // The separator and the closing bracket.
+        self.record.len() + event.len() + 2
+    }
+
     fn push(&mut self, event: &[u8]) {
         self.record.push(if self.events == 0 { b'[' } else { b',' });
         self.record.extend_from_slice(event);
@@ -186,24 +196,27 @@ impl BufferedProducer {
         }
         let payload = event.to_json();
         let key = event.user_id.as_str().as_bytes();
-        let full = {
+        let ready = {
             let mut packs = lock(&self.packs);
             let partitions = u32::try_from(packs.len()).unwrap_or(0);
             let partition = partition_for(key, partitions) as usize;
-            match packs.get_mut(partition) {
-                Some(pack) => {
-                    pack.push(&payload);
-                    Some(
-                        (pack.events >= MAX_EVENTS_PER_PACK)
-                            .then(|| (partition, std::mem::take(pack))),
-                    )
-                }
-                None => None,
-            }
+            packs.get_mut(partition).map(|pack| {
+                // Sent first: this event would take it past the size limit.
+                let before = (pack.events > 0 && pack.len_with(&payload) > MAX_PACK_BYTES)
+                    .then(|| std::mem::take(pack));
+                pack.push(&payload);
+                let after = (pack.events >= MAX_EVENTS_PER_PACK
+                    || pack.len_with(&[]) >= MAX_PACK_BYTES)
+                    .then(|| std::mem::take(pack));
+                (partition, before, after)
+            })
         };
-        match full {
-            Some(Some((partition, pack))) => self.produce_pack(partition, pack),
-            Some(None) => {}
+        match ready {
+            Some((partition, before, after)) => {
+                for pack in [before, after].into_iter().flatten() {
+                    self.produce_pack(partition, pack);
+                }
+            }
             // Partitions unknown: one record keyed by user, partitioned by librdkafka.
             None => {
                 let record = BaseRecord::with_opaque_to(&self.topic, 1)
@@ -327,6 +340,15 @@ mod tests {
         assert_eq!(partition_for(b"123456789", 4), 0xCBF4_3926 % 4);
         assert_eq!(partition_for(b"u1", 1), 0);
         assert_eq!(partition_for(b"u1", 0), 0);
+    }
+
+    #[test]
+    fn len_with_is_the_finished_record_length() {
+        let mut pack = Pack::default();
+        pack.push(br#"{"a":1}"#);
+        let predicted = pack.len_with(br#"{"b":2}"#);
+        pack.push(br#"{"b":2}"#);
+        assert_eq!(pack.finish().0.len(), predicted);
     }
 
     #[test]
