@@ -70,3 +70,36 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
     }
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_big_to_dead_letter_whole_is_cut_and_the_partition_moves_on() {
+    let stack = TestStack::fresh().await;
+    let group = format!("huge-{}", stack.id);
+    let worker = spawn_worker(&stack, |c| c.group_id = group.clone()).await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+
+    // An unterminated array of about 950 KB: rejected whole. Quoted into a
+    // letter it would pass the broker's 1 MB limit.
+    let huge = format!("[{}", "\"\\u0001\",".repeat(950_000 / 9)).into_bytes();
+    let good = mixed_events(20, 5, 3);
+    let mut messages = vec![("huge".to_owned(), huge.clone())];
+    messages.extend(good.iter().map(|e| ("huge".to_owned(), e.to_json())));
+    produce_raw(&producer, &topic, &messages).await;
+
+    let (_, unique) = wait_for_events(&stack, 20, Duration::from_secs(60)).await;
+    assert_eq!(unique, 20, "the events behind the huge record are stored");
+    let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
+    assert_eq!(lag, 0, "the partition moved past the huge record");
+    let letters = read_dead_letters(&stack, 1, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0].1;
+    assert_eq!(letter["field"], "body");
+    assert_eq!(letter["truncated_from"], huge.len());
+    assert_eq!(
+        letter["payload"].as_str().unwrap().len(),
+        128 * 1024,
+        "the first 128 KiB are kept"
+    );
+    worker.stop().await;
+}

@@ -24,6 +24,10 @@ pub struct DeadLetter {
     /// The original payload in base64, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// The original payload's size in bytes, when only its first
+    /// [`MAX_LETTER_PAYLOAD`] bytes are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_from: Option<usize>,
     #[serde(skip)]
     pub key: Option<Vec<u8>>,
 }
@@ -38,9 +42,18 @@ impl DeadLetter {
         key: Option<Vec<u8>>,
         payload: &[u8],
     ) -> Self {
-        let (payload, payload_base64) = match std::str::from_utf8(payload) {
+        let (kept, truncated_from) = match payload.get(..MAX_LETTER_PAYLOAD) {
+            Some(head) if payload.len() > MAX_LETTER_PAYLOAD => (head, Some(payload.len())),
+            _ => (payload, None),
+        };
+        let (payload, payload_base64) = match std::str::from_utf8(kept) {
             Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (None, Some(base64(payload))),
+            // The cut went through a multi-byte character: keep the text before it.
+            Err(e) if truncated_from.is_some() && e.error_len().is_none() => (
+                Some(String::from_utf8_lossy(&kept[..e.valid_up_to()]).into_owned()),
+                None,
+            ),
+            Err(_) => (None, Some(base64(kept))),
         };
         Self {
             reason,
@@ -50,10 +63,17 @@ impl DeadLetter {
             offset,
             payload,
             payload_base64,
+            truncated_from,
             key,
         }
     }
 }
+
+/// Most payload bytes a dead letter keeps. Escaped into JSON (at most six
+/// bytes per byte) or base64, a letter stays under the broker's 1 MB message
+/// limit: a larger one could never be produced, and the partition it came
+/// from would wait on it forever.
+pub const MAX_LETTER_PAYLOAD: usize = 128 * 1024;
 
 /// Produces dead letters and waits for the broker to acknowledge them.
 #[derive(Clone)]
@@ -136,6 +156,38 @@ mod tests {
         ] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
+    }
+
+    #[test]
+    fn a_huge_payload_is_cut_to_fit_and_its_size_kept() {
+        // "é" is two bytes; the cut at MAX_LETTER_PAYLOAD falls inside one.
+        let text = format!("x{}", "é".repeat(MAX_LETTER_PAYLOAD));
+        let letter = DeadLetter::new(
+            "bad".into(),
+            "body".into(),
+            "t",
+            0,
+            1,
+            None,
+            text.as_bytes(),
+        );
+        assert_eq!(letter.truncated_from, Some(text.len()));
+        let kept = letter.payload.unwrap();
+        assert_eq!(kept.len(), MAX_LETTER_PAYLOAD - 1);
+        assert!(text.starts_with(&kept));
+        let binary = vec![0xff; MAX_LETTER_PAYLOAD * 2];
+        let letter = DeadLetter::new("bad".into(), "body".into(), "t", 0, 1, None, &binary);
+        assert_eq!(letter.truncated_from, Some(binary.len()));
+        assert_eq!(
+            letter.payload_base64.unwrap().len(),
+            MAX_LETTER_PAYLOAD.div_ceil(3) * 4
+        );
+        let small = DeadLetter::new("bad".into(), "body".into(), "t", 0, 1, None, b"{x");
+        assert_eq!(small.truncated_from, None);
+        assert!(serde_json::to_value(&small)
+            .unwrap()
+            .get("truncated_from")
+            .is_none());
     }
 
     #[test]
