@@ -20,9 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::{RepoError, RepoResult};
 
 mod buffered;
-pub use buffered::{
-    partition_for, BufferedProducer, DeliveryCounters, Refused, MAX_EVENTS_PER_PACK,
-};
+pub use buffered::{partition_for, BufferedProducer, DeliveryCounters, Refused};
 
 /// How to reach the brokers and which topics Marquee uses.
 #[derive(Debug, Clone)]

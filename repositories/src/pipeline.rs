@@ -152,18 +152,15 @@ impl WeightsPublisher for RedisStore {
     async fn publish(&self, weights: &PublishedWeights) -> Result<(), StoreError> {
         let json = serde_json::to_string(weights)
             .map_err(|e| StoreError::new("redis", false, format!("encoding weights: {e}")))?;
-        let key = self.keys.weights(weights.experiment.as_str());
-        let channel = self.keys.weights_channel();
-        let mut conn = self.conn().await?;
-        let fut = async {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .set(&key, &json)
-                .ignore()
-                .publish(&channel, weights.experiment.as_str())
-                .ignore();
-            pipe.query_async::<()>(&mut conn).await
-        };
-        Ok(crate::error::with_timeout("redis publish weights", self.timeout(), fut).await?)
+        let experiment = weights.experiment.as_str();
+        Ok(self
+            .set_and_publish(
+                "redis publish weights",
+                &self.keys.weights(experiment),
+                &json,
+                &self.keys.weights_channel(),
+                experiment,
+            )
+            .await?)
     }
 }

@@ -195,14 +195,34 @@ impl RedisStore {
     /// tell the api replicas (`lists:changed`) so they stop serving the
     /// lists they cached before.
     pub async fn set_recs_version(&self, algorithm: &str, version: &str) -> RepoResult<()> {
+        self.set_and_publish(
+            "redis recs version",
+            &self.keys.recs_version(algorithm),
+            version,
+            &self.keys.lists_channel(),
+            algorithm,
+        )
+        .await
+    }
+
+    /// SET `key` and PUBLISH `message` on `channel` in one MULTI, so a
+    /// subscriber that hears the message reads the new value.
+    pub async fn set_and_publish(
+        &self,
+        what: &'static str,
+        key: &str,
+        value: &str,
+        channel: &str,
+        message: &str,
+    ) -> RepoResult<()> {
         let mut conn = self.conn().await?;
         let mut pipe = deadpool_redis::redis::pipe();
         pipe.atomic()
-            .set(self.keys.recs_version(algorithm), version)
+            .set(key, value)
             .ignore()
-            .publish(self.keys.lists_channel(), algorithm)
+            .publish(channel, message)
             .ignore();
         let fut = pipe.query_async::<()>(&mut conn);
-        crate::error::with_timeout("redis recs version", self.timeout, fut).await
+        crate::error::with_timeout(what, self.timeout, fut).await
     }
 }

@@ -518,6 +518,18 @@ async fn with_postgres_gone_a_key_seen_valid_before_keeps_working() {
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
 }
 
+/// Overwrite `user`'s popularity list in Redis directly, as the model loop's
+/// writes do, without marking a new version.
+async fn rewrite_popularity_list(stack: &TestStack, user: &str, version: &str, movies: &[i64]) {
+    let mut conn = stack.stores.redis.conn().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(stack.stores.redis.keys.recs("popularity", user))
+        .arg(list(version, movies))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_list_is_served_once_the_list_cache_lifetime_has_passed() {
     let stack = TestStack::fresh().await;
@@ -530,13 +542,7 @@ async fn a_rewritten_list_is_served_once_the_list_cache_lifetime_has_passed() {
     assert_eq!(movie_ids(&body), POPULARITY_LIST[..3].to_vec(), "{body}");
 
     // The model loop rewrites the list (a new version).
-    let mut conn = stack.stores.redis.conn().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(stack.stores.redis.keys.recs("popularity", "c-user"))
-        .arg(list("pop-v2", &[31, 32, 33]))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    rewrite_popularity_list(&stack, "c-user", "pop-v2", &[31, 32, 33]).await;
     let (_, body) = recommend(&api, &key, "c-user", "?limit=3").await;
     assert_eq!(
         body["model_version"], "pop-v1",
@@ -561,13 +567,7 @@ async fn lists_the_model_loop_rewrites_are_served_at_once_despite_the_list_cache
 
     // As the model loop does: rewrite the lists, then mark the version done,
     // which publishes the algorithm on `lists:changed`.
-    let mut conn = stack.stores.redis.conn().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(stack.stores.redis.keys.recs("popularity", "r-user"))
-        .arg(list("pop-v2", &[31, 32, 33]))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    rewrite_popularity_list(&stack, "r-user", "pop-v2", &[31, 32, 33]).await;
     stack
         .stores
         .redis
