@@ -86,7 +86,7 @@ impl Application {
         );
         let serving = Arc::new(serving);
         background::warm(&serving, &stores.redis).await;
-        let tasks = background::spawn(
+        let (tasks, subscribed) = background::spawn(
             serving.clone(),
             queues,
             stores.redis.clone(),
@@ -97,6 +97,13 @@ impl Application {
             },
             background_stop.clone(),
         );
+        // Bounded: with Redis down the api starts anyway and the subscriber retries.
+        if tokio::time::timeout(config.stack.timeout(), subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("not yet subscribed to weight and list changes; serving anyway");
+        }
         let state = AppState::new(Services {
             config: Arc::new(config.clone()),
             stores: Arc::new(stores),

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use repositories::postgres::serving::NewAssignment;
 use repositories::redis::RedisStore;
 use repositories::redis_serving::ServingChange;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -43,14 +43,18 @@ pub async fn warm(serving: &Serving, redis: &RedisStore) {
     refresh_hot(serving, redis).await;
 }
 
-/// Start the refresh loops, the weights subscriber and the queue drainers.
+/// Start the refresh loops, the weights and lists subscriber and the queue
+/// drainers. The receiver resolves once the subscriber's first attempt has
+/// ended: serving before it could remember lists that the subscription then
+/// drops, or that a message missed before it should have dropped.
 pub fn spawn(
     serving: Arc<Serving>,
     queues: ServingQueues,
     redis: RedisStore,
     intervals: RefreshIntervals,
     shutdown: CancellationToken,
-) -> Vec<JoinHandle<()>> {
+) -> (Vec<JoinHandle<()>>, oneshot::Receiver<()>) {
+    let (first_attempt, first_attempt_done) = oneshot::channel();
     let mut tasks = vec![
         tokio::spawn(catalog_loop(
             serving.clone(),
@@ -63,7 +67,12 @@ pub fn spawn(
             intervals.hot,
             shutdown.clone(),
         )),
-        tokio::spawn(changes_subscriber(serving.clone(), redis, shutdown.clone())),
+        tokio::spawn(changes_subscriber(
+            serving.clone(),
+            redis,
+            first_attempt,
+            shutdown.clone(),
+        )),
     ];
     if !intervals.impression_packing.is_zero() {
         tasks.push(tokio::spawn(impression_packer(
@@ -81,7 +90,7 @@ pub fn spawn(
         queues.assignments,
         shutdown,
     )));
-    tasks
+    (tasks, first_attempt_done)
 }
 
 async fn refresh_experiments(serving: &Serving) {
@@ -166,14 +175,26 @@ async fn hot_loop(
 /// weights, and drop remembered lists of an algorithm whose lists the model
 /// loop rewrote; resubscribe with backoff when Redis goes away, and do both
 /// on every (re)subscription so a message missed while down is not lost.
-async fn changes_subscriber(serving: Arc<Serving>, redis: RedisStore, shutdown: CancellationToken) {
+async fn changes_subscriber(
+    serving: Arc<Serving>,
+    redis: RedisStore,
+    first_attempt: oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
+    let mut first_attempt = Some(first_attempt);
     loop {
-        match redis.serving_changes().await {
+        let subscribed = redis.serving_changes().await;
+        if subscribed.is_ok() {
+            refresh_experiments(&serving).await;
+            serving.forget_lists(None);
+        }
+        if let Some(done) = first_attempt.take() {
+            let _ = done.send(());
+        }
+        match subscribed {
             Ok(stream) => {
                 backoff = Duration::from_millis(200);
-                refresh_experiments(&serving).await;
-                serving.forget_lists(None);
                 let mut stream = std::pin::pin!(stream);
                 loop {
                     tokio::select! {
