@@ -4,7 +4,7 @@
 # and, in the same script as the baseline, against GET /health/live; then the
 # recommendations route again with the in-process list cache off, so every
 # request makes its Redis MGET, and with each impression its own Kafka record
-# (packing off). Prints rps, p50 and p99 of each, the ratios to the baseline,
+# (packing off), and with packs sent as plain JSON instead of LZ4 frames. Prints rps, p50 and p99 of each, the ratios to the baseline,
 # the api's peak RSS and each process's share of the CPU.
 #
 # PERF=1 also records a CPU profile of the api in target/bench-serve.perf.data.
@@ -192,6 +192,13 @@ phase "recommendations, impressions unpacked" -s "$lua" "http://127.0.0.1:$PORT"
 unpacked="$(cat "$out_file")"
 unpacked_cpu="$(cat "$cpu_file")"
 stop_api
+# The same route with packed impressions sent as plain JSON (not LZ4 frames).
+start_api MARQUEE_IMPRESSION_ENCODING=identity
+warm
+phase "recommendations, packs uncompressed" -s "$lua" "http://127.0.0.1:$PORT"
+uncompressed="$(cat "$out_file")"
+uncompressed_cpu="$(cat "$cpu_file")"
+stop_api
 rm -f "$lua" "$cpu_file" "$out_file"
 
 # wrk prints latencies as 1.23ms / 456.78us / 1.2s; normalise to ms.
@@ -210,6 +217,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 row "recommendations, list cache off (every MGET)" "$uncached"
 row "recommendations, one Kafka record per impression" "$unpacked"
+row "recommendations, packs as plain JSON (no LZ4)" "$uncompressed"
 live_mean=$((live_total / ROUNDS))
 for round in $(seq 1 "$ROUNDS"); do
   echo "ratio recommendations/live, round $round: $(echo "scale=2; $(rps "${recs_out[round]}") / $(rps "${live_out[round]}")" | bc)"
@@ -217,6 +225,7 @@ done
 echo "ratio recommendations/live, all rounds: $(echo "scale=2; $recs_total / $live_total" | bc)"
 echo "ratio with the list cache off (to the mean baseline):   $(echo "scale=2; $(rps "$uncached") / $live_mean" | bc)"
 echo "ratio with impressions unpacked (to the mean baseline): $(echo "scale=2; $(rps "$unpacked") / $live_mean" | bc)"
+echo "ratio with packs uncompressed (to the mean baseline):   $(echo "scale=2; $(rps "$uncompressed") / $live_mean" | bc)"
 echo "api peak RSS: $((rss_kb / 1024)) MiB"
 echo "CPU per process (100% = one core), recommendations round 1:"
 echo "$recs_cpu"
@@ -224,5 +233,7 @@ echo "CPU per process, /health/live round 1:"
 echo "$live_cpu"
 echo "CPU per process, recommendations with impressions unpacked:"
 echo "$unpacked_cpu"
+echo "CPU per process, recommendations with packs uncompressed:"
+echo "$uncompressed_cpu"
 for round in $(seq 1 "$ROUNDS"); do errors "${recs_out[round]}"; errors "${live_out[round]}"; done
-errors "$uncached"; errors "$unpacked"
+errors "$uncached"; errors "$unpacked"; errors "$uncompressed"

@@ -1,5 +1,6 @@
 //! The api's one configuration struct, read from `MARQUEE_*` env vars.
 
+use repositories::kafka::encoding::RecordEncoding;
 use repositories::settings::StackArgs;
 
 /// Everything the api needs to start; every field has a default that points at
@@ -35,6 +36,11 @@ pub struct ApiConfig {
     /// cost is per record; the worker unpacks them.
     #[arg(long, env = "MARQUEE_IMPRESSION_PACKING_MS", default_value_t = 20)]
     pub impression_packing_ms: u64,
+    /// Encoding of packed impression records: `lz4` (an LZ4 frame, marked by
+    /// a `content-encoding: lz4` record header; the worker decodes it) or
+    /// `identity` (plain JSON). The broker's cost follows the bytes it stores.
+    #[arg(long, env = "MARQUEE_IMPRESSION_ENCODING", value_enum, default_value_t = RecordEncoding::Lz4)]
+    pub impression_encoding: RecordEncoding,
     /// Experiment used when a recommendations request names none.
     #[arg(long, env = "MARQUEE_DEFAULT_EXPERIMENT", default_value = "home")]
     pub default_experiment: String,

@@ -65,6 +65,7 @@ impl Application {
         let impressions = BufferedProducer::new(
             &config.stack.kafka(),
             !impression_packing.is_zero(),
+            config.impression_encoding,
             config.impression_queue,
             ServingMetrics::impression_deliveries(),
         )

@@ -20,6 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::{RepoError, RepoResult};
 
 mod buffered;
+pub mod encoding;
 pub use buffered::{partition_for, BufferedProducer, DeliveryCounters, Refused};
 
 /// How to reach the brokers and which topics Marquee uses.

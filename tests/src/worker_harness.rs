@@ -238,6 +238,30 @@ pub async fn produce_raw(producer: &FutureProducer, topic: &str, messages: &[(St
     }
 }
 
+/// Produce (key, payload, content-encoding header) triples as they are,
+/// waiting for every acknowledgement; `None` sends no header.
+pub async fn produce_with_encoding(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[(String, Vec<u8>, Option<&str>)],
+) {
+    let sends = messages.iter().map(|(key, payload, encoding)| {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(encoding) = encoding {
+            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
+                rdkafka::message::Header {
+                    key: repositories::kafka::encoding::CONTENT_ENCODING_HEADER,
+                    value: Some(*encoding),
+                },
+            ));
+        }
+        producer.send(record, Duration::from_secs(30))
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).expect("produce");
+    }
+}
+
 /// The Python interpreter with `confluent-kafka`, if there is one: the stack's
 /// venv (`MARQUEE_PYTHON`, set by `scripts/stack.sh env`), else `python3`.
 pub fn python_with_confluent_kafka() -> Option<PathBuf> {

@@ -1,15 +1,17 @@
 //! Records packing several events (as the api packs a partition's
-//! impressions): each event is stored once, a resent record adds nothing, and
-//! a bad element goes alone to the DLQ while its neighbours are stored.
+//! impressions, LZ4-compressed): each event is stored once, a resent record
+//! adds nothing, a bad element goes alone to the DLQ while its neighbours are
+//! stored, and a record that does not decode is dead-lettered whole.
 //! Its own test binary: the worker's metrics are process-wide.
 
 use std::time::Duration;
 
 use marquee_tests::worker_harness::{
-    mixed_events, produce_raw, producer, read_dead_letters, spawn_worker, wait_for_events,
-    wait_for_zero_lag,
+    mixed_events, produce_raw, produce_with_encoding, producer, read_dead_letters, spawn_worker,
+    wait_for_events, wait_for_zero_lag,
 };
 use marquee_tests::TestStack;
+use repositories::kafka::encoding::{RecordEncoder, RecordEncoding};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,9 +26,9 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
     let topic = stack.settings.events_topic.clone();
     let producer = producer(&stack);
 
-    // 20 records of 25 good events each (as the api packs impressions); the
-    // first 4 records also carry one bad element; the last record is sent
-    // twice, as a retrying producer would.
+    // 20 records of 25 good events each (as the api packs impressions), every
+    // other one an LZ4 frame; the first 4 records also carry one bad element;
+    // the last record is sent twice, as a retrying producer would.
     let good = mixed_events(500, 40, 7);
     let bad = br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c99","type":"purchase","user_id":"u1","movie_id":3}"#;
     let mut messages = Vec::new();
@@ -36,11 +38,21 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
         if i < 4 {
             elements.insert(i, bad.as_slice());
         }
-        messages.push(("packed".to_owned(), domain::events::record_of(elements)));
+        let record = domain::events::record_of(elements);
+        messages.push(if i % 2 == 0 {
+            let lz4 = RecordEncoder::new(RecordEncoding::Lz4);
+            (
+                "packed".to_owned(),
+                lz4.encode(record),
+                RecordEncoding::Lz4.header_value(),
+            )
+        } else {
+            ("packed".to_owned(), record, None)
+        });
     }
     let last = messages[messages.len() - 1].clone();
     messages.push(last);
-    produce_raw(&producer, &topic, &messages).await;
+    produce_with_encoding(&producer, &topic, &messages).await;
 
     let (_, unique) = wait_for_events(&stack, 500, Duration::from_secs(60)).await;
     assert_eq!(unique, 500, "every packed event stored");
@@ -100,6 +112,63 @@ async fn a_record_too_big_to_dead_letter_whole_is_cut_and_the_partition_moves_on
         letter["payload"].as_str().unwrap().len(),
         128 * 1024,
         "the first 128 KiB are kept"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decode_is_dead_lettered_whole_and_the_partition_moves_on() {
+    let stack = TestStack::fresh().await;
+    let group = format!("undecodable-{}", stack.id);
+    let worker = spawn_worker(&stack, |c| c.group_id = group.clone()).await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+
+    // A truncated LZ4 frame and a record in an encoding Marquee does not
+    // read, each ahead of good events on the same partition (same key).
+    let good = mixed_events(20, 5, 3);
+    let wire: Vec<Vec<u8>> = good.iter().map(|e| e.to_json()).collect();
+    let mut frame = RecordEncoder::new(RecordEncoding::Lz4)
+        .encode(domain::events::record_of(wire.iter().map(Vec::as_slice)));
+    frame.truncate(frame.len() / 2);
+    let mut messages = vec![
+        ("k".to_owned(), frame.clone(), Some("lz4")),
+        ("k".to_owned(), b"H4sIAAAAAAAA".to_vec(), Some("gzip")),
+    ];
+    messages.extend(wire.iter().map(|w| ("k".to_owned(), w.clone(), None)));
+    produce_with_encoding(&producer, &topic, &messages).await;
+
+    let (_, unique) = wait_for_events(&stack, 20, Duration::from_secs(60)).await;
+    assert_eq!(
+        unique, 20,
+        "the events behind the undecodable records are stored"
+    );
+    let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
+    assert_eq!(lag, 0, "the partition moved past them");
+    let letters = read_dead_letters(&stack, 2, Duration::from_secs(20)).await;
+    let mut letters: Vec<Value> = letters.into_iter().map(|(_, letter)| letter).collect();
+    letters.sort_by_key(|l| l["offset"].as_i64());
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l["field"] == "content-encoding"));
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid LZ4 frame"),
+        "{}",
+        letters[0]
+    );
+    assert!(
+        letters[1]["reason"].as_str().unwrap().contains("\"gzip\""),
+        "{}",
+        letters[1]
+    );
+    // The letter keeps the record as it came, undecoded.
+    assert_eq!(letters[1]["payload"], "H4sIAAAAAAAA");
+    assert!(
+        letters[0]["payload"].is_string() || letters[0]["payload_base64"].is_string(),
+        "{}",
+        letters[0]
     );
     worker.stop().await;
 }

@@ -14,7 +14,9 @@ use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::Message;
+use repositories::kafka::encoding::{self, CONTENT_ENCODING_HEADER};
 use repositories::kafka::partition_for;
 use repositories::postgres::api_keys::{self, Role};
 use serde_json::{json, Value};
@@ -103,7 +105,8 @@ fn consumer(stack: &TestStack) -> StreamConsumer {
 
 /// Read events until `want` match or the time is up. A record packing several
 /// events (the api's impressions) gives each of them; every event gets the
-/// record's partition as `_partition`.
+/// record's partition as `_partition` and its `content-encoding` header as
+/// `_encoding` (null when absent), and whether it was a pack as `_packed`.
 async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -111,12 +114,21 @@ async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) 
         if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
         {
             if let Some(payload) = message.payload() {
-                let events = match serde_json::from_slice(payload).unwrap() {
-                    Value::Array(events) => events,
-                    event => vec![event],
+                let encoding = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == CONTENT_ENCODING_HEADER)
+                        .and_then(|h| h.value)
+                });
+                let plain = encoding::decode(encoding, payload).unwrap();
+                let (events, packed) = match serde_json::from_slice(&plain).unwrap() {
+                    Value::Array(events) => (events, true),
+                    event => (vec![event], false),
                 };
                 for mut event in events {
                     event["_partition"] = json!(message.partition());
+                    event["_encoding"] = json!(encoding.map(String::from_utf8_lossy));
+                    event["_packed"] = json!(packed);
                     seen.push(event);
                 }
             }
@@ -195,7 +207,19 @@ async fn lists_come_from_the_arm_minus_seen_and_impressions_reach_kafka() {
         .filter(|m| m["type"] == "impression")
         .collect();
     assert_eq!(impressions.len(), served.len());
+    assert!(
+        impressions.iter().any(|i| i["_packed"] == true),
+        "the api packs impressions once it knows the partitions"
+    );
     for impression in impressions {
+        // A pack travels as an LZ4 frame and says so; a lone impression (sent
+        // before the partition count was known) is plain JSON.
+        let expected_encoding = if impression["_packed"] == true {
+            json!("lz4")
+        } else {
+            Value::Null
+        };
+        assert_eq!(impression["_encoding"], expected_encoding, "{impression}");
         let (user, expected) = &served[impression["request_id"].as_str().unwrap()];
         assert_eq!(&impression["user_id"], user);
         // Packed or not, an impression shares its user's partition with their clicks.

@@ -27,8 +27,9 @@ use domain::ports::pipeline::{
 };
 use rand::Rng;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use repositories::kafka::encoding::{self, CONTENT_ENCODING_HEADER};
 use repositories::kafka::PipelineContext;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +46,8 @@ pub struct Msg {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// The record's `content-encoding` header: the api's packs are LZ4 frames.
+    pub encoding: Option<Vec<u8>>,
 }
 
 /// Payload bytes at which a batch is closed before it reaches its size in
@@ -63,6 +66,12 @@ impl Msg {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
+            encoding: m.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key.eq_ignore_ascii_case(CONTENT_ENCODING_HEADER))
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            }),
         }
     }
 }
@@ -479,8 +488,23 @@ impl Pipeline {
         let mut letters = Vec::new();
         for m in batch {
             let payload = m.payload.as_deref().unwrap_or_default();
+            let plain = match encoding::decode(m.encoding.as_deref(), payload) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    letters.push(DeadLetter::new(
+                        e.to_string(),
+                        "content-encoding".to_owned(),
+                        &self.settings.topic,
+                        m.partition,
+                        m.offset,
+                        m.key.clone(),
+                        payload,
+                    ));
+                    continue;
+                }
+            };
             // A record holds one event or, from the api, a partition's packed impressions.
-            for parsed in events_from_record(payload, now, self.rules) {
+            for parsed in events_from_record(&plain, now, self.rules) {
                 match parsed {
                     Ok(event) => events.push(StoredEvent::new(event)),
                     Err(rejected) => letters.push(DeadLetter::new(

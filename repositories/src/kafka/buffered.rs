@@ -14,6 +14,9 @@
 //! still share a partition and stay in order. Until the topic's partition
 //! count is known (the broker was down at startup), impressions go one record
 //! each, keyed by user, as before.
+//!
+//! A packed record is LZ4-compressed by default ([`super::encoding`]): the
+//! broker's cost follows the bytes it stores as well as the records.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -21,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use domain::events::Event;
 use rdkafka::client::ClientContext;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::encoding::{RecordEncoder, RecordEncoding, CONTENT_ENCODING_HEADER};
 use super::{producer_config, KafkaSettings};
 use crate::RepoResult;
 
@@ -154,6 +158,8 @@ pub struct BufferedProducer {
     /// One pack per partition of the topic; empty while the count is unknown
     /// (then nothing is packed).
     packs: Mutex<Vec<Pack>>,
+    /// How a pack's record is encoded (single-event records stay plain).
+    encoder: RecordEncoder,
     capacity: usize,
 }
 
@@ -162,9 +168,11 @@ impl BufferedProducer {
     /// past it `send` refuses at once instead of blocking or growing memory.
     /// `packed`: whether the caller runs [`Self::refresh_partitions`] and
     /// [`Self::flush_packs`]; without them every event is its own record.
+    /// `encoding`: how packed records are encoded ([`super::encoding`]).
     pub fn new(
         settings: &KafkaSettings,
         packed: bool,
+        encoding: RecordEncoding,
         buffer: usize,
         counters: DeliveryCounters,
     ) -> RepoResult<Self> {
@@ -183,6 +191,7 @@ impl BufferedProducer {
             producer: config.create_with_context(context)?,
             topic: settings.events_topic.clone(),
             packs: Mutex::new(Vec::new()),
+            encoder: RecordEncoder::new(encoding),
             capacity: buffer.max(1),
         })
     }
@@ -251,17 +260,23 @@ impl BufferedProducer {
 
     fn produce_pack(&self, partition: usize, pack: Pack) {
         let (record, events) = pack.finish();
+        let record = self.encoder.encode(record);
         let Ok(partition) = i32::try_from(partition) else {
             return self
                 .producer
                 .context()
                 .lost(events, &"partition out of range");
         };
-        let sent = self.producer.send(
-            BaseRecord::<(), _, _>::with_opaque_to(&self.topic, events)
-                .partition(partition)
-                .payload(&record),
-        );
+        let mut base = BaseRecord::<(), _, _>::with_opaque_to(&self.topic, events)
+            .partition(partition)
+            .payload(&record);
+        if let Some(encoding) = self.encoder.encoding().header_value() {
+            base = base.headers(OwnedHeaders::new().insert(Header {
+                key: CONTENT_ENCODING_HEADER,
+                value: Some(encoding),
+            }));
+        }
+        let sent = self.producer.send(base);
         if let Err((e, _)) = sent {
             self.producer.context().lost(events, &e);
         }
