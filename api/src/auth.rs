@@ -22,12 +22,15 @@ const KEY_CACHE_MAX: usize = 10_000;
 /// One cached lookup: the key found (None: known to be invalid) and when.
 type CachedLookup = (Option<StoredKey>, Instant);
 
-/// Cache of key hash → lookup result, plus the bootstrap admin key's hash.
+/// A key's SHA-256 digest: what is cached and compared, never the key itself.
+type KeyDigest = [u8; 32];
+
+/// Cache of key digest → lookup result, plus the bootstrap admin key's digest.
 #[derive(Clone, Default)]
 pub struct KeyCache {
-    entries: Arc<RwLock<HashMap<String, CachedLookup>>>,
+    entries: Arc<RwLock<HashMap<KeyDigest, CachedLookup>>>,
     /// Hashed once at startup, so a request hashes its key once in all.
-    bootstrap_hash: Option<Arc<str>>,
+    bootstrap_digest: Option<KeyDigest>,
     /// How long a looked-up key (or its absence) is trusted without asking PostgreSQL again.
     ttl: Duration,
 }
@@ -39,32 +42,32 @@ impl KeyCache {
         Self {
             entries: Default::default(),
             ttl,
-            bootstrap_hash: (!bootstrap_admin_key.is_empty())
-                .then(|| api_keys::hash_key(bootstrap_admin_key).into()),
+            bootstrap_digest: (!bootstrap_admin_key.is_empty())
+                .then(|| api_keys::key_digest(bootstrap_admin_key)),
         }
     }
 
-    fn is_bootstrap(&self, hash: &str) -> bool {
-        self.bootstrap_hash
-            .as_deref()
-            .is_some_and(|bootstrap| same_hash(hash, bootstrap))
+    fn is_bootstrap(&self, digest: &KeyDigest) -> bool {
+        self.bootstrap_digest
+            .as_ref()
+            .is_some_and(|bootstrap| same_digest(digest, bootstrap))
     }
 
     /// A lookup younger than the cache lifetime.
-    fn get(&self, hash: &str) -> Option<Option<StoredKey>> {
+    fn get(&self, digest: &KeyDigest) -> Option<Option<StoredKey>> {
         let entries = self.entries.read().ok()?;
-        let (key, at) = entries.get(hash)?;
+        let (key, at) = entries.get(digest)?;
         (at.elapsed() < self.ttl).then_some(*key)
     }
 
     /// A valid key seen before, however long ago: used only while PostgreSQL
     /// cannot answer, so an outage does not lock out every known client.
-    fn get_stale_valid(&self, hash: &str) -> Option<StoredKey> {
+    fn get_stale_valid(&self, digest: &KeyDigest) -> Option<StoredKey> {
         let entries = self.entries.read().ok()?;
-        entries.get(hash).and_then(|(key, _)| *key)
+        entries.get(digest).and_then(|(key, _)| *key)
     }
 
-    fn put(&self, hash: String, key: Option<StoredKey>) {
+    fn put(&self, digest: KeyDigest, key: Option<StoredKey>) {
         if let Ok(mut entries) = self.entries.write() {
             if entries.len() >= KEY_CACHE_MAX {
                 // Invalid keys go first: random keys must not evict real clients.
@@ -74,7 +77,7 @@ impl KeyCache {
                     entries.clear();
                 }
             }
-            entries.insert(hash, (key, Instant::now()));
+            entries.insert(digest, (key, Instant::now()));
         }
     }
 }
@@ -129,13 +132,9 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Constant-time comparison of two key hashes (hex of SHA-256, so equal length).
-fn same_hash(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Constant-time comparison of two key digests.
+fn same_digest(a: &KeyDigest, b: &KeyDigest) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Resolve the presented key to a caller, or 401.
@@ -143,24 +142,24 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
     let key = presented_key(parts)
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
-    let hash = api_keys::hash_key(&key);
-    if state.keys.is_bootstrap(&hash) {
+    let digest = api_keys::key_digest(&key);
+    if state.keys.is_bootstrap(&digest) {
         return Ok(Caller { role: Role::Admin });
     }
-    let stored = match state.keys.get(&hash) {
+    let stored = match state.keys.get(&digest) {
         Some(cached) => cached,
         None => {
             let limit = Duration::from_millis(state.config.serving_timeout_ms.max(1) * 4);
             match tokio::time::timeout(limit, api_keys::find(&state.stores.pg, &key)).await {
                 Ok(Ok(found)) => {
-                    state.keys.put(hash, found);
+                    state.keys.put(digest, found);
                     found
                 }
-                Ok(Err(e)) => match state.keys.get_stale_valid(&hash) {
+                Ok(Err(e)) => match state.keys.get_stale_valid(&digest) {
                     Some(known) => Some(known),
                     None => return Err(e.into()),
                 },
-                Err(_) => match state.keys.get_stale_valid(&hash) {
+                Err(_) => match state.keys.get_stale_valid(&digest) {
                     Some(known) => Some(known),
                     None => return Err(ApiError::Unavailable("postgres (api key lookup)".into())),
                 },
@@ -220,9 +219,14 @@ mod tests {
     #[test]
     fn only_the_bootstrap_key_itself_is_the_bootstrap_key() {
         let cache = KeyCache::new("mq_admin_secret", Duration::from_secs(30));
-        assert!(cache.is_bootstrap(&api_keys::hash_key("mq_admin_secret")));
-        assert!(!cache.is_bootstrap(&api_keys::hash_key("mq_admin_secreT")));
-        assert!(!KeyCache::new("", Duration::from_secs(30)).is_bootstrap(&api_keys::hash_key("")));
-        assert!(!same_hash("abc", "abcd"));
+        assert!(cache.is_bootstrap(&api_keys::key_digest("mq_admin_secret")));
+        assert!(!cache.is_bootstrap(&api_keys::key_digest("mq_admin_secreT")));
+        assert!(!KeyCache::new("", Duration::from_secs(30)).is_bootstrap(&api_keys::key_digest("")));
+        assert!(!same_digest(&[0; 32], &[1; 32]));
+        assert_eq!(
+            hex::encode(api_keys::key_digest("mq_admin_secret")),
+            api_keys::hash_key("mq_admin_secret"),
+            "the digest is the stored hash, unspelled"
+        );
     }
 }

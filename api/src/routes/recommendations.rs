@@ -22,6 +22,7 @@ use domain::recommend::PrecomputedList;
 use domain::serving::{compose, ItemSource};
 use repositories::postgres::serving::{NewAssignment, UserContext};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -47,12 +48,26 @@ pub struct RecommendationsQuery {
     pub experiment: Option<String>,
 }
 
+/// A served title, borrowed from the catalog snapshot as the JSON string it
+/// holds (no copy or escaping per served movie); empty when unknown.
+#[derive(Debug)]
+pub struct ServedTitle<'a>(Option<&'a RawValue>);
+
+impl Serialize for ServedTitle<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(json) => json.serialize(serializer),
+            None => serializer.serialize_str(""),
+        }
+    }
+}
+
 /// One served movie.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecommendedItem<'a> {
     pub movie_id: i64,
-    /// Borrowed from the catalog snapshot: no copy per served movie.
-    pub title: &'a str,
+    #[schema(value_type = String)]
+    pub title: ServedTitle<'a>,
     /// 0-based position in the list.
     pub position: u16,
     /// The source's score; comparable only between items of the same source.
@@ -225,7 +240,7 @@ pub async fn recommendations(
         .enumerate()
         .map(|(position, c)| RecommendedItem {
             movie_id: c.movie_id.get(),
-            title: catalog.titles.get(&c.movie_id).map_or("", String::as_str),
+            title: ServedTitle(catalog.titles.get(&c.movie_id).map(AsRef::as_ref)),
             position: position as u16,
             score: c.score,
             source: c.source,
@@ -373,6 +388,17 @@ fn impression(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_served_title_is_the_title_as_json_or_empty() {
+        let title = "Amélie \"Le fabuleux\" destin\\\n";
+        let raw = serde_json::value::to_raw_value(title).unwrap();
+        assert_eq!(
+            serde_json::to_string(&ServedTitle(Some(&raw))).unwrap(),
+            serde_json::to_string(title).unwrap()
+        );
+        assert_eq!(serde_json::to_string(&ServedTitle(None)).unwrap(), r#""""#);
+    }
 
     #[test]
     fn limit_defaults_to_ten_and_is_bounded() {

@@ -31,7 +31,9 @@ pub const FALLBACK_LEN: usize = 200;
 /// The catalog as the api serves it: titles by id and the fallback lists.
 #[derive(Debug, Default)]
 pub struct CatalogSnapshot {
-    pub titles: MovieMap<String>,
+    /// Each title already as a JSON string: escaped once per catalog load,
+    /// not once per served movie.
+    pub titles: MovieMap<Box<serde_json::value::RawValue>>,
     /// Popular by PostgreSQL history: served when Redis is down or cold.
     pub popular: Vec<ScoredItem>,
     /// The first catalog movies: a non-empty catalog never yields an empty list.
@@ -49,7 +51,10 @@ impl CatalogSnapshot {
             })
             .collect();
         Self {
-            titles: catalog.into_iter().map(|m| (m.movie_id, m.title)).collect(),
+            titles: catalog
+                .into_iter()
+                .filter_map(|m| Some((m.movie_id, serde_json::value::to_raw_value(&m.title).ok()?)))
+                .collect(),
             popular,
             any,
         }

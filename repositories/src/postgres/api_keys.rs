@@ -44,7 +44,13 @@ pub struct StoredKey {
 
 /// The stored form of a key.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(key_digest(key))
+}
+
+/// The SHA-256 digest [`hash_key`] spells in hex: what the api's key cache
+/// compares, so a request does not format 64 hex digits.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// A fresh random key with a readable prefix naming its role (`mq_client_…`).
