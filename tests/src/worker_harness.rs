@@ -19,7 +19,9 @@ use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
 use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
 use marquee_worker::config::WorkerConfig;
 use marquee_worker::startup::Worker;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use repositories::kafka::encoding::CONTENT_ENCODING_HEADER;
 use repositories::settings::StackArgs;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -227,36 +229,38 @@ pub async fn produce_events(producer: &FutureProducer, topic: &str, events: &[Ev
 
 /// Produce (key, payload) pairs as they are, waiting for every acknowledgement.
 pub async fn produce_raw(producer: &FutureProducer, topic: &str, messages: &[(String, Vec<u8>)]) {
-    let sends = messages.iter().map(|(key, payload)| {
-        producer.send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(30),
-        )
-    });
-    for result in futures::future::join_all(sends).await {
-        result.map_err(|(e, _)| e).expect("produce");
-    }
+    let records = messages
+        .iter()
+        .map(|(key, payload)| FutureRecord::to(topic).key(key).payload(payload));
+    send_all(producer, records).await;
 }
 
 /// Produce (key, payload, content-encoding header) triples as they are,
-/// waiting for every acknowledgement; `None` sends no header.
+/// waiting for every acknowledgement; `None` sends no header. Any header
+/// value goes, so tests can send encodings Marquee does not read.
 pub async fn produce_with_encoding(
     producer: &FutureProducer,
     topic: &str,
     messages: &[(String, Vec<u8>, Option<&str>)],
 ) {
-    let sends = messages.iter().map(|(key, payload, encoding)| {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(encoding) = encoding {
-            record = record.headers(rdkafka::message::OwnedHeaders::new().insert(
-                rdkafka::message::Header {
-                    key: repositories::kafka::encoding::CONTENT_ENCODING_HEADER,
-                    value: Some(*encoding),
-                },
-            ));
+    let records = messages.iter().map(|(key, payload, encoding)| {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match encoding {
+            Some(value) => record.headers(OwnedHeaders::new().insert(Header {
+                key: CONTENT_ENCODING_HEADER,
+                value: Some(*value),
+            })),
+            None => record,
         }
-        producer.send(record, Duration::from_secs(30))
     });
+    send_all(producer, records).await;
+}
+
+async fn send_all<'a>(
+    producer: &FutureProducer,
+    records: impl Iterator<Item = FutureRecord<'a, String, Vec<u8>>>,
+) {
+    let sends = records.map(|record| producer.send(record, Duration::from_secs(30)));
     for result in futures::future::join_all(sends).await {
         result.map_err(|(e, _)| e).expect("produce");
     }

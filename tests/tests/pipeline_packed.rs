@@ -31,6 +31,7 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
     // the last record is sent twice, as a retrying producer would.
     let good = mixed_events(500, 40, 7);
     let bad = br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c99","type":"purchase","user_id":"u1","movie_id":3}"#;
+    let lz4 = RecordEncoder::new(RecordEncoding::Lz4);
     let mut messages = Vec::new();
     for (i, chunk) in good.chunks(25).enumerate() {
         let wire: Vec<Vec<u8>> = chunk.iter().map(|e| e.to_json()).collect();
@@ -40,12 +41,9 @@ async fn packed_records_are_unpacked_once_and_a_bad_element_alone_is_dead_letter
         }
         let record = domain::events::record_of(elements);
         messages.push(if i % 2 == 0 {
-            let lz4 = RecordEncoder::new(RecordEncoding::Lz4);
-            (
-                "packed".to_owned(),
-                lz4.encode(record),
-                RecordEncoding::Lz4.header_value(),
-            )
+            let (frame, encoding) = lz4.encode(record);
+            assert_eq!(encoding, RecordEncoding::Lz4);
+            ("packed".to_owned(), frame, encoding.header_value())
         } else {
             ("packed".to_owned(), record, None)
         });
@@ -128,7 +126,7 @@ async fn a_record_that_does_not_decode_is_dead_lettered_whole_and_the_partition_
     // read, each ahead of good events on the same partition (same key).
     let good = mixed_events(20, 5, 3);
     let wire: Vec<Vec<u8>> = good.iter().map(|e| e.to_json()).collect();
-    let mut frame = RecordEncoder::new(RecordEncoding::Lz4)
+    let (mut frame, _) = RecordEncoder::new(RecordEncoding::Lz4)
         .encode(domain::events::record_of(wire.iter().map(Vec::as_slice)));
     frame.truncate(frame.len() / 2);
     let mut messages = vec![

@@ -14,9 +14,8 @@ use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use rdkafka::Message;
-use repositories::kafka::encoding::{self, CONTENT_ENCODING_HEADER};
+use repositories::kafka::encoding;
 use repositories::kafka::partition_for;
 use repositories::postgres::api_keys::{self, Role};
 use serde_json::{json, Value};
@@ -114,12 +113,7 @@ async fn read_until(consumer: &StreamConsumer, want: impl Fn(&[Value]) -> bool) 
         if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
         {
             if let Some(payload) = message.payload() {
-                let encoding = message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|h| h.key == CONTENT_ENCODING_HEADER)
-                        .and_then(|h| h.value)
-                });
+                let encoding = encoding::content_encoding(message.headers());
                 let plain = encoding::decode(encoding, payload).unwrap();
                 let (events, packed) = match serde_json::from_slice(&plain).unwrap() {
                     Value::Array(events) => (events, true),

@@ -27,9 +27,9 @@ use domain::ports::pipeline::{
 };
 use rand::Rng;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use repositories::kafka::encoding::{self, CONTENT_ENCODING_HEADER};
+use repositories::kafka::encoding;
 use repositories::kafka::PipelineContext;
 use tokio_util::sync::CancellationToken;
 
@@ -66,12 +66,7 @@ impl Msg {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
-            encoding: m.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key.eq_ignore_ascii_case(CONTENT_ENCODING_HEADER))
-                    .and_then(|h| h.value.map(<[u8]>::to_vec))
-            }),
+            encoding: encoding::content_encoding(m.headers()).map(<[u8]>::to_vec),
         }
     }
 }

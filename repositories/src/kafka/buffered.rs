@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use domain::events::Event;
 use rdkafka::client::ClientContext;
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::encoding::{RecordEncoder, RecordEncoding, CONTENT_ENCODING_HEADER};
+use super::encoding::{RecordEncoder, RecordEncoding};
 use super::{producer_config, KafkaSettings};
 use crate::RepoResult;
 
@@ -260,7 +260,7 @@ impl BufferedProducer {
 
     fn produce_pack(&self, partition: usize, pack: Pack) {
         let (record, events) = pack.finish();
-        let record = self.encoder.encode(record);
+        let (record, encoding) = self.encoder.encode(record);
         let Ok(partition) = i32::try_from(partition) else {
             return self
                 .producer
@@ -270,11 +270,8 @@ impl BufferedProducer {
         let mut base = BaseRecord::<(), _, _>::with_opaque_to(&self.topic, events)
             .partition(partition)
             .payload(&record);
-        if let Some(encoding) = self.encoder.encoding().header_value() {
-            base = base.headers(OwnedHeaders::new().insert(Header {
-                key: CONTENT_ENCODING_HEADER,
-                value: Some(encoding),
-            }));
+        if let Some(headers) = encoding.headers() {
+            base = base.headers(headers);
         }
         let sent = self.producer.send(base);
         if let Err((e, _)) = sent {

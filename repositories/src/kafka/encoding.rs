@@ -11,10 +11,12 @@
 //! without it is plain JSON, as front-ends produce. The frame is the standard
 //! LZ4 frame format, readable by the `lz4` command and every LZ4 library.
 
+use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::sync::Mutex;
 
 use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 /// Header naming a record value's encoding, in the sense of HTTP's.
 pub const CONTENT_ENCODING_HEADER: &str = "content-encoding";
@@ -41,6 +43,25 @@ impl RecordEncoding {
             Self::Lz4 => Some("lz4"),
         }
     }
+
+    /// The headers a record in this encoding carries (`None` for identity).
+    pub fn headers(self) -> Option<OwnedHeaders> {
+        self.header_value().map(|value| {
+            OwnedHeaders::new().insert(Header {
+                key: CONTENT_ENCODING_HEADER,
+                value: Some(value),
+            })
+        })
+    }
+}
+
+/// A consumed record's `content-encoding` header value, if it has one (the
+/// name compared without regard to case, as HTTP's).
+pub fn content_encoding<H: Headers>(headers: Option<&H>) -> Option<&[u8]> {
+    headers?
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(CONTENT_ENCODING_HEADER))?
+        .value
 }
 
 /// Encodes record values in one [`RecordEncoding`], reusing the LZ4
@@ -72,14 +93,11 @@ impl RecordEncoder {
         }
     }
 
-    pub fn encoding(&self) -> RecordEncoding {
-        self.encoding
-    }
-
-    /// Encode `value`; identity returns it unchanged.
-    pub fn encode(&self, value: Vec<u8>) -> Vec<u8> {
+    /// Encode `value`, with the encoding it ended up in (identity returns it
+    /// unchanged): the record's headers must name that one.
+    pub fn encode(&self, value: Vec<u8>) -> (Vec<u8>, RecordEncoding) {
         match self.encoding {
-            RecordEncoding::Identity => value,
+            RecordEncoding::Identity => (value, RecordEncoding::Identity),
             RecordEncoding::Lz4 => {
                 // Another thread is compressing: use an encoder of its own
                 // rather than wait (rare: packs are flushed by one ticker).
@@ -91,19 +109,19 @@ impl RecordEncoder {
                 };
                 *encoder.get_mut() = Vec::with_capacity(value.len() / 3 + 64);
                 // Writing into a Vec cannot fail; were the encoder to fail, the
-                // plain value is still a valid record, only marked as such.
-                match encoder.write_all(&value).and_then(|()| {
-                    encoder
-                        .try_finish()
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                }) {
-                    Ok(()) => std::mem::take(encoder.get_mut()),
+                // record goes plain, and says so.
+                let written = encoder
+                    .write_all(&value)
+                    .map_err(lz4_flex::frame::Error::from)
+                    .and_then(|()| encoder.try_finish());
+                match written {
+                    Ok(()) => (std::mem::take(encoder.get_mut()), RecordEncoding::Lz4),
                     Err(e) => {
                         tracing::error!(error = %e, "lz4 encoding failed");
                         if let Some(slot) = shared.as_deref_mut() {
                             *slot = None;
                         }
-                        value
+                        (value, RecordEncoding::Identity)
                     }
                 }
             }
@@ -123,10 +141,10 @@ pub enum DecodeError {
 }
 
 /// The plain value of a record whose `content-encoding` header is `encoding`
-/// (`None`: no header, the value is plain).
-pub fn decode(encoding: Option<&[u8]>, value: &[u8]) -> Result<Vec<u8>, DecodeError> {
+/// (`None`: no header, the value is plain and borrowed as is).
+pub fn decode<'a>(encoding: Option<&[u8]>, value: &'a [u8]) -> Result<Cow<'a, [u8]>, DecodeError> {
     match encoding {
-        None | Some(b"identity") => Ok(value.to_vec()),
+        None | Some(b"identity") => Ok(Cow::Borrowed(value)),
         Some(b"lz4") => {
             let mut plain =
                 Vec::with_capacity(value.len().saturating_mul(4).min(MAX_DECODED_BYTES));
@@ -138,7 +156,7 @@ pub fn decode(encoding: Option<&[u8]>, value: &[u8]) -> Result<Vec<u8>, DecodeEr
             if plain.len() > MAX_DECODED_BYTES {
                 return Err(DecodeError::TooLarge);
             }
-            Ok(plain)
+            Ok(Cow::Owned(plain))
         }
         Some(other) => Err(DecodeError::Unsupported(
             String::from_utf8_lossy(other).into_owned(),
@@ -169,14 +187,27 @@ mod tests {
     #[test]
     fn lz4_round_trips_and_shrinks_a_pack_of_impressions() {
         let plain = pack(200);
-        let frame = RecordEncoder::new(RecordEncoding::Lz4).encode(plain.clone());
+        let (frame, encoding) = RecordEncoder::new(RecordEncoding::Lz4).encode(plain.clone());
+        assert_eq!(encoding, RecordEncoding::Lz4);
         assert!(
             frame.len() * 3 < plain.len(),
             "{} bytes compressed to {}",
             plain.len(),
             frame.len()
         );
-        assert_eq!(decode(Some(b"lz4"), &frame).unwrap(), plain);
+        assert_eq!(decode(Some(b"lz4"), &frame).unwrap().as_ref(), plain);
+    }
+
+    #[test]
+    fn the_header_written_is_the_header_read() {
+        let headers = RecordEncoding::Lz4.headers();
+        assert_eq!(content_encoding(headers.as_ref()), Some(b"lz4".as_slice()));
+        let shouted = OwnedHeaders::new().insert(Header {
+            key: "Content-Encoding",
+            value: Some("lz4"),
+        });
+        assert_eq!(content_encoding(Some(&shouted)), Some(b"lz4".as_slice()));
+        assert_eq!(content_encoding::<OwnedHeaders>(None), None);
     }
 
     #[test]
@@ -185,9 +216,9 @@ mod tests {
         // Large enough for several linked blocks, then small ones after it.
         for impressions in [2_000, 3, 200, 1] {
             let plain = pack(impressions);
-            let frame = encoder.encode(plain.clone());
+            let (frame, _) = encoder.encode(plain.clone());
             assert_eq!(
-                decode(Some(b"lz4"), &frame).unwrap(),
+                decode(Some(b"lz4"), &frame).unwrap().as_ref(),
                 plain,
                 "{impressions}"
             );
@@ -199,18 +230,19 @@ mod tests {
         let plain = pack(2);
         assert_eq!(
             RecordEncoder::new(RecordEncoding::Identity).encode(plain.clone()),
-            plain
+            (plain.clone(), RecordEncoding::Identity)
         );
         assert_eq!(RecordEncoding::Identity.header_value(), None);
-        assert_eq!(decode(None, &plain).unwrap(), plain);
-        assert_eq!(decode(Some(b"identity"), &plain).unwrap(), plain);
+        assert!(RecordEncoding::Identity.headers().is_none());
+        assert!(matches!(decode(None, &plain), Ok(Cow::Borrowed(v)) if v == plain));
+        assert!(matches!(decode(Some(b"identity"), &plain), Ok(Cow::Borrowed(v)) if v == plain));
     }
 
     #[test]
     fn a_value_that_is_not_an_lz4_frame_is_an_error() {
         let err = decode(Some(b"lz4"), br#"{"event_id":"x"}"#).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(_)), "{err:?}");
-        let mut frame = RecordEncoder::new(RecordEncoding::Lz4).encode(pack(50));
+        let (mut frame, _) = RecordEncoder::new(RecordEncoding::Lz4).encode(pack(50));
         frame.truncate(frame.len() / 2);
         assert!(matches!(
             decode(Some(b"lz4"), &frame),
@@ -229,7 +261,8 @@ mod tests {
     fn a_frame_decoding_past_the_limit_is_refused() {
         // 8 MiB of zeros compress to a few tens of KB: a small record must not
         // claim the worker's memory.
-        let bomb = RecordEncoder::new(RecordEncoding::Lz4).encode(vec![0; 2 * MAX_DECODED_BYTES]);
+        let (bomb, _) =
+            RecordEncoder::new(RecordEncoding::Lz4).encode(vec![0; 2 * MAX_DECODED_BYTES]);
         assert!(bomb.len() < 100_000);
         assert_eq!(decode(Some(b"lz4"), &bomb), Err(DecodeError::TooLarge));
     }
