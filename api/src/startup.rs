@@ -50,6 +50,10 @@ pub struct Application {
 impl Application {
     /// Open the stores, migrate (with a bounded retry), and bind the listener.
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
+        // First: counters registered before the recorder exists are bound to
+        // the no-op recorder for good (the serving counters are registered
+        // once, below), and would never reach /metrics.
+        let prometheus = telemetry::prometheus();
         let stores = Stores::open(&config.stack).context("opening store clients")?;
         if config.migrate_on_start {
             migrate_with_retry(&stores).await?;
@@ -108,7 +112,7 @@ impl Application {
         let state = AppState::new(Services {
             config: Arc::new(config.clone()),
             stores: Arc::new(stores),
-            prometheus: telemetry::prometheus(),
+            prometheus,
             keys: crate::auth::KeyCache::new(
                 &config.bootstrap_admin_key,
                 Duration::from_millis(config.key_cache_ttl_ms),

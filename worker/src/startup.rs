@@ -41,6 +41,9 @@ impl Worker {
     /// Wait (bounded) for every dependency, migrate, subscribe to the events
     /// topic and bind the metrics endpoint. The error names what is unreachable.
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
+        // Before anything can count (migration recovers ingest batches and
+        // counts them): metrics recorded before the recorder exists are lost.
+        telemetry::prometheus();
         let stores = Stores::open(&config.stack).context("opening store clients")?;
         let deadline = Duration::from_secs(config.startup_timeout_s);
         // Migrate first: on a fresh deployment the ClickHouse database and the
