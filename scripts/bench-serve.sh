@@ -4,8 +4,13 @@
 # and, in the same script as the baseline, against GET /health/live; then the
 # recommendations route again with the in-process list cache off, so every
 # request makes its Redis MGET, and with each impression its own Kafka record
-# (packing off), and with packs sent as plain JSON instead of LZ4 frames. Prints rps, p50 and p99 of each, the ratios to the baseline,
-# the api's peak RSS and each process's share of the CPU.
+# (packing off), and with packs sent as plain JSON instead of LZ4 frames.
+# Prints rps, p50 and p99 of each, the ratios to the baseline, the api's peak
+# RSS, each process's share of the CPU, and per phase how many requests
+# missed the per-user caches (PostgreSQL reads, Redis MGETs).
+#
+# Impressions go to a scratch broker on BENCH_KAFKA_PORT (default 59192) with
+# a store of its own, removed at the end; the local stack's broker is unused.
 #
 # PERF=1 also records a CPU profile of the api in target/bench-serve.perf.data.
 #
@@ -30,26 +35,25 @@ source <(scripts/stack.sh env)
 set +a
 export MARQUEE_API_PORT="$PORT" MARQUEE_BOOTSTRAP_ADMIN_KEY="bench-admin-key" MARQUEE_REDIS_NAMESPACE="bench-serve:"
 export MARQUEE_DEFAULT_EXPERIMENT=bench RUST_LOG=warn
-# Its own topics, ClickHouse database and bucket: the ~1M impressions a run
-# emits must not reach a worker consuming the main events topic.
+# Its own topics, ClickHouse database and bucket, and a scratch broker with a
+# fresh store of its own (removed at the end): the ~1M impressions a run emits
+# must not reach a worker consuming the main events topic, and the broker's
+# SQLite store does not give space back when a topic is deleted, so a shared
+# store would grow with every run and slow the broker and the test suite.
 export MARQUEE_EVENTS_TOPIC="marquee.bench-serve.events" MARQUEE_DLQ_TOPIC="marquee.bench-serve.dlq"
 export MARQUEE_CLICKHOUSE_DATABASE="bench_serve" MARQUEE_S3_BUCKET="bench-serve"
+bench_broker_dir="$ROOT/.stack/bench-serve-broker"
+bench_broker_port="${BENCH_KAFKA_PORT:-59192}"
+bench_broker() { MARQUEE_STACK_DIR="$bench_broker_dir" MARQUEE_KAFKA_PORT="$bench_broker_port" scripts/stack.sh "$@"; }
+cleanup_broker() { bench_broker kafka-down 2>/dev/null || true; rm -rf "$bench_broker_dir"; }
+cleanup_broker
+bench_broker kafka-up
+trap cleanup_broker EXIT
+export MARQUEE_KAFKA_BROKERS="127.0.0.1:$bench_broker_port"
 base_url="${MARQUEE_DATABASE_URL%/*}"
 psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 export MARQUEE_DATABASE_URL="$base_url/$DB"
 cargo build --release --locked -p marquee-api >/dev/null 2>&1
-# A fresh bench topic each run: the broker's cost per record grows with the
-# size of its store, and each run adds about a million impressions.
-"${MARQUEE_TOOLS_DIR:-$HOME/.cache/marquee/tools}/venv/bin/python" - "$MARQUEE_KAFKA_BROKERS" "$MARQUEE_EVENTS_TOPIC" "$MARQUEE_DLQ_TOPIC" <<'PY' || true
-import sys
-from confluent_kafka.admin import AdminClient
-admin = AdminClient({"bootstrap.servers": sys.argv[1]})
-for topic, done in admin.delete_topics(sys.argv[2:], operation_timeout=10).items():
-    try:
-        done.result()
-    except Exception as e:  # absent on the first run
-        print(f"[bench] not deleting {topic}: {e}", file=sys.stderr)
-PY
 target/release/api migrate >/dev/null
 
 echo "[bench] seeding $MOVIES movies, $USERS users (5 views each), 2 lists per user"
@@ -83,10 +87,10 @@ PY
 start_api() {
   env "$@" target/release/api serve >/tmp/marquee-bench-serve.log 2>&1 &
   api_pid=$!
-  trap 'kill $api_pid 2>/dev/null || true' EXIT
+  trap 'kill $api_pid 2>/dev/null || true; cleanup_broker' EXIT
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
 }
-stop_api() { kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; trap - EXIT; }
+stop_api() { kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; trap cleanup_broker EXIT; }
 start_api
 CLIENT_KEY="$(target/release/api keys create --role client --name bench 2>/dev/null | tail -1 || true)"
 [ -n "$CLIENT_KEY" ] || CLIENT_KEY="bench-admin-key"
@@ -116,30 +120,34 @@ LUA
 curl -fsS -o /dev/null -H "x-api-key: $CLIENT_KEY" "http://127.0.0.1:$PORT/v1/users/u1/recommendations" || { tail -20 /tmp/marquee-bench-serve.log; exit 1; }
 # Warm-up: key cache, connection pools, page cache.
 warm() { wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/null; }
-warm
 
 run() { wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
-# CPU seconds per process name (all its threads, all its processes), from /proc.
+# CPU seconds of every thread, as "pid name seconds" (all of a process's
+# threads are under its pid in /proc/PID/stat). By pid, not name: a kernel
+# worker renames itself with the work it runs, and a name missing from the
+# first snapshot would count its whole lifetime as used during the phase.
 cpu_by_process() {
   python3 - <<'PY'
 import os
 ticks = os.sysconf("SC_CLK_TCK")
-out = {}
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
         stat = open(f"/proc/{pid}/stat").read()
     except OSError:
         continue
-    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    name = stat[stat.index("(") + 1:stat.rindex(")")].replace(" ", "_")
+    name = "kworker" if name.startswith("kworker") else name
     fields = stat[stat.rindex(")") + 2:].split()
-    out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / ticks
-for name, seconds in out.items():
-    print(f"{name}\t{seconds:.2f}")
+    print(f"{pid}\t{name}\t{(int(fields[11]) + int(fields[12])) / ticks:.2f}")
 PY
 }
-# Share of one core each process used between two cpu_by_process snapshots.
+# Share of one core each process name used between two cpu_by_process
+# snapshots (processes started in between count from zero).
 cpu_shares() {
-  awk -F'\t' -v d="$3" 'NR == FNR {a[$1] = $2; next} {u = ($2 - a[$1]) / d * 100; if (u >= 1) printf "  %-16s %5.0f%%\n", $1, u}' \
+  awk -F'\t' -v d="$3" '
+    NR == FNR {a[$1] = $3; next}
+    {used[$2] += $3 - a[$1]}
+    END {for (n in used) {u = used[n] / d * 100; if (u >= 1) printf "  %-16s %5.0f%%\n", n, u}}' \
     <(echo "$1") <(echo "$2") | sort -k2 -rn
 }
 # Shares over the middle of a run (wrk must still be alive to be counted).
@@ -149,6 +157,14 @@ cpu_during_run() {
   before="$(cpu_by_process)"
   sleep "$span"
   cpu_shares "$before" "$(cpu_by_process)" "$span"
+}
+# The api's cache counters: misses of the per-user caches mean PostgreSQL
+# reads (user contexts) and Redis MGETs (lists) on the request path.
+cache_counters() {
+  curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null | awk '
+    /^marquee_user_context_total\{.*result="miss"/ {c = $2}
+    /^marquee_list_memory_total\{.*result="miss"/ {l = $2}
+    END {printf "%d %d\n", c, l}'
 }
 cpu_file="$(mktemp)"
 # One measured phase: wrk's output in $out_file, CPU shares in $cpu_file.
@@ -161,8 +177,12 @@ phase() {
     # PERF=1: a CPU profile of the api during this phase, for `perf report -i`.
     (sleep 3; perf record -F 499 --call-graph dwarf,16384 -p "$api_pid" -o target/bench-serve.perf.data -- sleep 8 >/dev/null 2>&1) &
   fi
+  local before after
+  before="$(cache_counters)"
   run "$@" >"$out_file"
+  after="$(cache_counters)"
   wait "$sampler"
+  echo "$before $after" | awk '{printf "[bench]   cache misses during the phase: user contexts %d (PostgreSQL reads), lists %d (Redis MGETs)\n", $3 - $1, $4 - $2}'
 }
 out_file="$(mktemp)"
 # ROUNDS alternating pairs, so drift on a shared machine (other load, the
@@ -170,6 +190,12 @@ out_file="$(mktemp)"
 ROUNDS="${ROUNDS:-2}"
 declare -a recs_out live_out
 for round in $(seq 1 "$ROUNDS"); do
+  # Every recommendations phase starts after the same warm-up: the live
+  # phase before round 2 serves no recommendations, the per-user cache
+  # entries expire meanwhile, and round 2 would measure a cold start (all
+  # 10,000 users missing at once) instead of steady serving. The miss
+  # counts printed per phase show what each one paid.
+  warm
   phase "recommendations (round $round)" -s "$lua" "http://127.0.0.1:$PORT"
   recs_out[round]="$(cat "$out_file")"
   [ "$round" = 1 ] && recs_cpu="$(cat "$cpu_file")"

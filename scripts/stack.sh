@@ -8,6 +8,9 @@
 #   scripts/stack.sh status   one line per server; non-zero exit if any is down
 #   scripts/stack.sh reset    down, then wipe all data
 #   scripts/stack.sh env      print the MARQUEE_* variables that point the binaries here
+#   scripts/stack.sh kafka-up | kafka-down
+#                             only the broker: with MARQUEE_STACK_DIR and MARQUEE_KAFKA_PORT
+#                             set, a scratch broker of its own (scripts/bench-serve.sh)
 #
 # Every port, the data folder and the tools folder can be overridden by env
 # (see the defaults below). Built tools go outside the clone so that fresh
@@ -336,5 +339,7 @@ case "${1:-}" in
   status) status ;;
   reset) down; rm -rf "$STACK_DIR"; log "wiped $STACK_DIR" ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|status|reset|env" >&2; exit 2 ;;
+  kafka-up) mkdir -p "$STACK_DIR" "$TOOLS_DIR"; cargo_tool "$TANSU_BIN" tansu "$TANSU_VERSION" "$TANSU_FEATURES"; kafka_up ;;
+  kafka-down) kafka_down ;;
+  *) echo "usage: $0 up|down|status|reset|env|kafka-up|kafka-down" >&2; exit 2 ;;
 esac
