@@ -10,6 +10,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use axum::Router;
 use repositories::kafka::{BufferedProducer, EventProducer};
 use repositories::postgres::serving::PgServing;
@@ -155,7 +156,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
         tracing::info!(address = %self.listener.local_addr()?, "api listening");
-        axum::serve(self.listener, self.router)
+        // No Nagle: a response is one write and must not wait for the ACK
+        // of the previous one on a kept-alive connection.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not turn off Nagle on a connection");
+            }
+        });
+        axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
