@@ -53,7 +53,9 @@ export MARQUEE_KAFKA_BROKERS="127.0.0.1:$bench_broker_port"
 base_url="${MARQUEE_DATABASE_URL%/*}"
 psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 export MARQUEE_DATABASE_URL="$base_url/$DB"
-cargo build --release --locked -p marquee-api >/dev/null 2>&1
+build_log="$(mktemp)"
+cargo build --release --locked -p marquee-api >"$build_log" 2>&1 || { tail -30 "$build_log" >&2; echo "[bench] building the api failed" >&2; exit 1; }
+rm -f "$build_log"
 target/release/api migrate >/dev/null
 
 echo "[bench] seeding $MOVIES movies, $USERS users (5 views each), 2 lists per user"
