@@ -2,7 +2,7 @@
 //! lists in front of the shared store (Redis), which outlives this process and
 //! is shared by every worker of the group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use domain::events::EventKind;
@@ -103,6 +103,45 @@ impl Attributor {
         self.store.put(&lists, self.ttl_s).await
     }
 
+    /// Whether a click, view, like or conversion in `events` names a request
+    /// id whose served list is in neither `events`, process memory nor the
+    /// store: its impression may still be on its way. Lists the store has are
+    /// kept in memory for [`Self::attribute`]. A store error answers false:
+    /// storing the batch asks the store again, with retries.
+    pub async fn awaits_impressions(&mut self, events: &[StoredEvent]) -> bool {
+        let served: HashSet<RequestId> = events
+            .iter()
+            .filter(|e| e.event.kind == EventKind::Impression)
+            .filter_map(|e| e.event.request_id)
+            .collect();
+        let mut asked = HashSet::new();
+        let missing: Vec<RequestId> = events
+            .iter()
+            .filter(|e| e.event.kind != EventKind::Impression)
+            .filter_map(|e| e.event.request_id)
+            .filter(|id| !served.contains(id) && self.recent.get(id).is_none() && asked.insert(*id))
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        match self.store.get_many(&missing).await {
+            Ok(found) => {
+                let mut unknown = false;
+                for (id, list) in missing.iter().zip(found) {
+                    match list {
+                        Some(list) => self.recent.insert(*id, Arc::new(list)),
+                        None => unknown = true,
+                    }
+                }
+                unknown
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up served lists; not waiting for impressions");
+                false
+            }
+        }
+    }
+
     /// Fill in the attributions of the non-impression events: from the served
     /// list of their request id, or for a conversion without one, from the
     /// user's sticky arms. Events whose request id is unknown or expired stay
@@ -179,7 +218,131 @@ impl Attributor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
+    use domain::events::{Event, ImpressionDetails};
+    use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, UserId};
+    use domain::ports::pipeline::StickyArm;
+    use std::sync::Mutex;
+
+    /// Served lists in memory, counting lookups.
+    #[derive(Default)]
+    struct MemoryLists {
+        lists: Mutex<HashMap<RequestId, ServedList>>,
+        lookups: Mutex<usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl AttributionStore for MemoryLists {
+        async fn put(
+            &self,
+            lists: &[(RequestId, ServedList)],
+            _ttl_s: u64,
+        ) -> Result<(), StoreError> {
+            let mut stored = self.lists.lock().unwrap();
+            for (id, list) in lists {
+                stored.insert(*id, list.clone());
+            }
+            Ok(())
+        }
+
+        async fn get_many(&self, ids: &[RequestId]) -> Result<Vec<Option<ServedList>>, StoreError> {
+            *self.lookups.lock().unwrap() += 1;
+            let stored = self.lists.lock().unwrap();
+            Ok(ids.iter().map(|id| stored.get(id).cloned()).collect())
+        }
+    }
+
+    struct NoAssignments;
+
+    #[async_trait::async_trait]
+    impl AssignmentLookup for NoAssignments {
+        async fn sticky_arms(&self, _users: &[UserId]) -> Result<Vec<StickyArm>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn attributor_over(store: Arc<MemoryLists>) -> Attributor {
+        Attributor::new(100, store, Arc::new(NoAssignments), 60)
+    }
+
+    fn event(kind: EventKind, request_id: RequestId) -> StoredEvent {
+        let impression = (kind == EventKind::Impression).then(|| ImpressionDetails {
+            experiment: ExperimentKey::parse("home").unwrap(),
+            arm: ArmKey::parse("control").unwrap(),
+            algorithm: AlgorithmKey::parse("als").unwrap(),
+            model_version: None,
+            items: Vec::new(),
+        });
+        StoredEvent::new(Event {
+            id: EventId::new_random(),
+            kind,
+            user_id: UserId::parse("u1").unwrap(),
+            movie_id: None,
+            request_id: Some(request_id),
+            ts: chrono::Utc::now(),
+            value: None,
+            impression,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_click_on_an_unknown_request_awaits_its_impression() {
+        let store = Arc::new(MemoryLists::default());
+        let mut attributor = attributor_over(store.clone());
+        let clicked = RequestId::new_random();
+        assert!(
+            attributor
+                .awaits_impressions(&[event(EventKind::Click, clicked)])
+                .await
+        );
+        assert_eq!(*store.lookups.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_click_whose_impression_is_in_the_batch_remembered_or_stored_does_not_wait() {
+        let store = Arc::new(MemoryLists::default());
+        let mut attributor = attributor_over(store.clone());
+        let in_batch = RequestId::new_random();
+        let batch = [
+            event(EventKind::Click, in_batch),
+            event(EventKind::Impression, in_batch),
+        ];
+        assert!(!attributor.awaits_impressions(&batch).await);
+        assert_eq!(*store.lookups.lock().unwrap(), 0, "no store lookup needed");
+
+        let remembered = RequestId::new_random();
+        attributor
+            .remember(&[event(EventKind::Impression, remembered)])
+            .await
+            .unwrap();
+        assert!(
+            !attributor
+                .awaits_impressions(&[event(EventKind::Click, remembered)])
+                .await
+        );
+        assert_eq!(*store.lookups.lock().unwrap(), 0);
+
+        // Served and stored by another worker: found in the store, then kept in memory.
+        let elsewhere = RequestId::new_random();
+        attributor_over(store.clone())
+            .remember(&[event(EventKind::Impression, elsewhere)])
+            .await
+            .unwrap();
+        assert!(
+            !attributor
+                .awaits_impressions(&[event(EventKind::View, elsewhere)])
+                .await
+        );
+        assert!(
+            !attributor
+                .awaits_impressions(&[event(EventKind::Like, elsewhere)])
+                .await
+        );
+        assert_eq!(
+            *store.lookups.lock().unwrap(),
+            1,
+            "the second lookup hits memory"
+        );
+    }
 
     fn list(arm: &str) -> Arc<ServedList> {
         Arc::new(ServedList {

@@ -34,6 +34,18 @@ pub struct WorkerConfig {
         default_value_t = 200_000
     )]
     pub attribution_cache: usize,
+    /// How long a batch waits, once, for more messages when it holds clicks
+    /// (views, likes, conversions) whose request id names no impression the
+    /// worker knows, in milliseconds (0: never waits). The api hands an
+    /// impression to Kafka up to its packing window after answering, so a
+    /// click made at once can reach Kafka first; a batch closing between the
+    /// two would store the click unattributed.
+    #[arg(
+        long,
+        env = "MARQUEE_WORKER_ATTRIBUTION_GRACE_MS",
+        default_value_t = 300
+    )]
+    pub attribution_grace_ms: u64,
     /// How often the reweighting loop looks for experiments due, in milliseconds
     /// (each experiment is reweighted at most once per its own `reweight_interval_s`).
     #[arg(long, env = "MARQUEE_WORKER_REWEIGHT_TICK_MS", default_value_t = 5_000)]

@@ -2,6 +2,10 @@
 //!
 //! Per batch (size or time bound):
 //! 1. parse and validate every message; invalid ones go to the DLQ (awaited);
+//!    if a click (view, like, conversion) names a request id whose impression
+//!    is neither in the batch nor known, the batch first takes in what
+//!    arrives within the attribution grace (once): the impression may be in
+//!    flight behind the click;
 //! 2. drop duplicates within the batch, then those the Redis fast path knows;
 //! 3. claim the rest in the PostgreSQL ledger (one transaction, with the
 //!    users/views/likes history) — ids already claimed are duplicates;
@@ -77,6 +81,8 @@ pub struct PipelineSettings {
     pub topic: String,
     pub batch_size: usize,
     pub batch_max_wait: Duration,
+    /// See `WorkerConfig::attribution_grace_ms`; zero turns the wait off.
+    pub attribution_grace: Duration,
     pub dedup_ttl_s: u64,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -162,6 +168,48 @@ impl Intake {
             }
         }
         out
+    }
+
+    /// Append to `batch` what arrives within `within` (carried messages
+    /// first), up to `size` more messages and the batch's byte bound; returns
+    /// how many were appended.
+    async fn extend_within(
+        &mut self,
+        batch: &mut Vec<Msg>,
+        size: usize,
+        within: Duration,
+    ) -> usize {
+        let mut bytes: usize = batch.iter().map(Msg::len).sum();
+        let mut added = 0;
+        while added < size && bytes < MAX_BATCH_BYTES {
+            let Some(m) = self.carry.pop_front() else {
+                break;
+            };
+            bytes += m.len();
+            batch.push(m);
+            added += 1;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while added < size && bytes < MAX_BATCH_BYTES {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                received = self.consumer.recv() => match received {
+                    Ok(m) => {
+                        let m = Msg::from_kafka(&m);
+                        bytes += m.len();
+                        batch.push(m);
+                        added += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        added
     }
 
     fn pause(&self) {
@@ -449,11 +497,11 @@ impl Pipeline {
     /// Consume until shutdown, then commit what is durable and leave the group.
     pub async fn run(mut self) -> anyhow::Result<()> {
         loop {
-            let batch = self
+            let mut batch = self
                 .intake
                 .collect(self.settings.batch_size, self.settings.batch_max_wait)
                 .await;
-            if !batch.is_empty() && self.process(&batch).await == Outcome::Abandoned {
+            if !batch.is_empty() && self.process(&mut batch).await == Outcome::Abandoned {
                 tracing::info!(
                     messages = batch.len(),
                     "shutdown during retries: batch abandoned, its offsets not committed"
@@ -476,43 +524,28 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn process(&mut self, batch: &[Msg]) -> Outcome {
+    /// Store `batch` (extended by the attribution grace, see the module docs)
+    /// and commit its offsets.
+    async fn process(&mut self, batch: &mut Vec<Msg>) -> Outcome {
         let started = Instant::now();
-        let now = Utc::now();
         let mut events = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
-        for m in batch {
-            let payload = m.payload.as_deref().unwrap_or_default();
-            let plain = match encoding::decode(m.encoding.as_deref(), payload) {
-                Ok(plain) => plain,
-                Err(e) => {
-                    letters.push(DeadLetter::new(
-                        e.to_string(),
-                        "content-encoding".to_owned(),
-                        &self.settings.topic,
-                        m.partition,
-                        m.offset,
-                        m.key.clone(),
-                        payload,
-                    ));
-                    continue;
-                }
-            };
-            // A record holds one event or, from the api, a partition's packed impressions.
-            for parsed in events_from_record(&plain, now, self.rules) {
-                match parsed {
-                    Ok(event) => events.push(StoredEvent::new(event)),
-                    Err(rejected) => letters.push(DeadLetter::new(
-                        rejected.error.message,
-                        rejected.error.field,
-                        &self.settings.topic,
-                        m.partition,
-                        m.offset,
-                        m.key.clone(),
-                        rejected.payload,
-                    )),
-                }
-            }
+        self.parse(batch, &mut events, &mut letters);
+        if !self.settings.attribution_grace.is_zero()
+            && self.sinks.attributor.awaits_impressions(&events).await
+        {
+            let before = batch.len();
+            let added = self
+                .intake
+                .extend_within(
+                    batch,
+                    self.settings.batch_size,
+                    self.settings.attribution_grace,
+                )
+                .await;
+            metrics::counter!("marquee_worker_attribution_waits_total").increment(1);
+            self.parse(&batch[before..], &mut events, &mut letters);
+            tracing::debug!(added, "waited for impressions the batch's clicks name");
         }
         if !letters.is_empty() {
             if retry!(self.intake, self.sinks.dlq.send_all(&letters)).is_none() {
@@ -569,6 +602,50 @@ impl Pipeline {
             "batch committed"
         );
         Outcome::Committed
+    }
+
+    /// Decode and validate `messages` into `events`; what is invalid becomes a
+    /// dead letter.
+    fn parse(
+        &self,
+        messages: &[Msg],
+        events: &mut Vec<StoredEvent>,
+        letters: &mut Vec<DeadLetter>,
+    ) {
+        let now = Utc::now();
+        for m in messages {
+            let payload = m.payload.as_deref().unwrap_or_default();
+            let plain = match encoding::decode(m.encoding.as_deref(), payload) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    letters.push(DeadLetter::new(
+                        e.to_string(),
+                        "content-encoding".to_owned(),
+                        &self.settings.topic,
+                        m.partition,
+                        m.offset,
+                        m.key.clone(),
+                        payload,
+                    ));
+                    continue;
+                }
+            };
+            // A record holds one event or, from the api, a partition's packed impressions.
+            for parsed in events_from_record(&plain, now, self.rules) {
+                match parsed {
+                    Ok(event) => events.push(StoredEvent::new(event)),
+                    Err(rejected) => letters.push(DeadLetter::new(
+                        rejected.error.message,
+                        rejected.error.field,
+                        &self.settings.topic,
+                        m.partition,
+                        m.offset,
+                        m.key.clone(),
+                        rejected.payload,
+                    )),
+                }
+            }
+        }
     }
 }
 

@@ -186,6 +186,7 @@ impl Worker {
                 topic: kafka.events_topic.clone(),
                 batch_size: config.batch_size.max(1),
                 batch_max_wait: config.batch_max_wait(),
+                attribution_grace: Duration::from_millis(config.attribution_grace_ms),
                 dedup_ttl_s: config.dedup_ttl_s,
                 retry_initial: Duration::from_millis(config.retry_initial_ms.max(1)),
                 retry_max: Duration::from_millis(config.retry_max_ms.max(1)),
