@@ -216,9 +216,35 @@ ch_down() { stop_pidfile "$STACK_DIR/clickhouse/clickhouse.pid" clickhouse; }
 # so readiness means: our pid is alive and the port accepts connections.
 kafka_ready() { pid_alive "$STACK_DIR/kafka/tansu.pid" && port_open "$KAFKA_PORT"; }
 
+# Tansu 0.6's SQLite schema has no index on header (topition, offset_id), yet
+# it looks up a record's headers on every fetch of that record: each fetch
+# scanned the whole header table, so once records carried headers (the api's
+# LZ4 packs carry content-encoding) the broker slowed with every record
+# stored, until the api's impression queue overflowed. Idempotent.
+kafka_index() {
+  python3 - "$STACK_DIR/kafka/run/tansu.db" <<'PY' || log "warning: could not index Tansu's header table; fetches will slow as the store grows"
+import sqlite3, sys, time
+error = None
+for _ in range(50):  # the broker creates its schema as it starts
+    try:
+        db = sqlite3.connect(sys.argv[1], timeout=10)
+        db.execute("CREATE INDEX IF NOT EXISTS marquee_header_record ON header (topition, offset_id)")
+        db.commit()
+        sys.exit(0)
+    except sqlite3.OperationalError as e:
+        error = e
+        time.sleep(0.2)
+print(f"[stack] {error}", file=sys.stderr)
+sys.exit(1)
+PY
+}
+
 kafka_up() {
   local dir="$STACK_DIR/kafka"
-  kafka_ready && return 0
+  if kafka_ready; then
+    kafka_index
+    return 0
+  fi
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by something else (set MARQUEE_KAFKA_PORT)"
   mkdir -p "$dir/run"
   # Tansu resolves sqlite:// paths against its working directory and reads LISTENER_URL, STORAGE_ENGINE, ... and a .env from its working
@@ -235,6 +261,7 @@ kafka_up() {
     echo $! >"$dir/tansu.pid"
   )
   wait_for kafka 60 kafka_ready
+  kafka_index
 }
 
 kafka_down() { stop_pidfile "$STACK_DIR/kafka/tansu.pid" kafka; }
