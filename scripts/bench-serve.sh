@@ -47,8 +47,8 @@ bench_broker_port="${BENCH_KAFKA_PORT:-59192}"
 bench_broker() { MARQUEE_STACK_DIR="$bench_broker_dir" MARQUEE_KAFKA_PORT="$bench_broker_port" scripts/stack.sh "$@"; }
 cleanup_broker() { bench_broker kafka-down 2>/dev/null || true; rm -rf "$bench_broker_dir"; }
 cleanup_broker
-bench_broker kafka-up
 trap cleanup_broker EXIT
+bench_broker kafka-up
 export MARQUEE_KAFKA_BROKERS="127.0.0.1:$bench_broker_port"
 base_url="${MARQUEE_DATABASE_URL%/*}"
 psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
@@ -124,10 +124,10 @@ curl -fsS -o /dev/null -H "x-api-key: $CLIENT_KEY" "http://127.0.0.1:$PORT/v1/us
 warm() { wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/null; }
 
 run() { wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
-# CPU seconds of every thread, as "pid name seconds" (all of a process's
-# threads are under its pid in /proc/PID/stat). By pid, not name: a kernel
-# worker renames itself with the work it runs, and a name missing from the
-# first snapshot would count its whole lifetime as used during the phase.
+# CPU seconds of every process (all its threads), as "pid name seconds". By
+# pid, not name: a kernel worker renames itself with the work it runs, and a
+# name missing from the first snapshot would count its whole lifetime as used
+# during the phase. A process that exits between snapshots is not counted.
 cpu_by_process() {
   python3 - <<'PY'
 import os
@@ -163,7 +163,7 @@ cpu_during_run() {
 # The api's cache counters: misses of the per-user caches mean PostgreSQL
 # reads (user contexts) and Redis MGETs (lists) on the request path.
 cache_counters() {
-  curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null | awk '
+  { curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null || true; } | awk '
     /^marquee_user_context_total\{.*result="miss"/ {c = $2}
     /^marquee_list_memory_total\{.*result="miss"/ {l = $2}
     END {printf "%d %d\n", c, l}'

@@ -220,14 +220,16 @@ kafka_ready() { pid_alive "$STACK_DIR/kafka/tansu.pid" && port_open "$KAFKA_PORT
 # it looks up a record's headers on every fetch of that record: each fetch
 # scanned the whole header table, so once records carried headers (the api's
 # LZ4 packs carry content-encoding) the broker slowed with every record
-# stored, until the api's impression queue overflowed. Idempotent.
+# stored, until the api's impression queue overflowed. Idempotent; on a large
+# store found running, building the index holds the store's write lock for a
+# while (the broker's writes wait). Gives up after about a minute.
 kafka_index() {
   python3 - "$STACK_DIR/kafka/run/tansu.db" <<'PY' || log "warning: could not index Tansu's header table; fetches will slow as the store grows"
 import sqlite3, sys, time
 error = None
-for _ in range(50):  # the broker creates its schema as it starts
+for _ in range(25):  # the broker creates its schema as it starts
     try:
-        db = sqlite3.connect(sys.argv[1], timeout=10)
+        db = sqlite3.connect(sys.argv[1], timeout=2)
         db.execute("CREATE INDEX IF NOT EXISTS marquee_header_record ON header (topition, offset_id)")
         db.commit()
         sys.exit(0)

@@ -12,52 +12,91 @@ use marquee_tests::worker_harness::{
 };
 use marquee_tests::TestStack;
 
-/// A click produced 300 ms before the impression it names (the api hands an
+/// A click produced before the impression it names (the api hands an
 /// impression to Kafka up to its packing window after answering, so a click
 /// made at once can reach Kafka first), with batches closing after 20 ms.
-/// Returns the click's stored (experiment, arm, position).
-async fn click_before_its_impression(grace_ms: u64) -> (String, String, i16) {
+/// `click_stored_first`: wait until the click is in ClickHouse before
+/// producing the impression, else wait 300 ms. Returns the click's stored
+/// (experiment, arm, position) and the worker's count of batches that waited.
+async fn click_before_its_impression(
+    grace_ms: u64,
+    click_stored_first: bool,
+) -> ((String, String, i16), f64) {
     let stack = TestStack::fresh().await;
     create_two_arm_experiment(&stack, "home").await;
     let topic = stack.settings.events_topic.clone();
     let producer = producer(&stack);
     let worker = spawn_worker(&stack, |config| {
+        // A group of its own: a worker joining or leaving a shared group
+        // would pause this one's fetching mid-test.
+        config.group_id = format!("race-{}", stack.id);
         config.batch_max_wait_ms = 20;
         config.attribution_grace_ms = grace_ms;
     })
     .await;
+    // Once this is stored the worker owns the partitions and is fetching.
+    produce_events(
+        &producer,
+        &topic,
+        &[action(EventKind::View, "warm", Some(1), None)],
+    )
+    .await;
+    assert_eq!(
+        wait_for_events(&stack, 1, Duration::from_secs(60)).await.1,
+        1
+    );
+
     let served = impression("quick", "home", "treatment", "als", items(700, 5));
     let click = action(EventKind::Click, "quick", Some(702), served.request_id);
     produce_events(&producer, &topic, &[click]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    if click_stored_first {
+        assert_eq!(
+            wait_for_events(&stack, 2, Duration::from_secs(60)).await.1,
+            2
+        );
+    } else {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     produce_events(&producer, &topic, &[served]).await;
     assert_eq!(
-        wait_for_events(&stack, 2, Duration::from_secs(60)).await.1,
-        2
+        wait_for_events(&stack, 3, Duration::from_secs(60)).await.1,
+        3
     );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waits = metrics
+        .lines()
+        .filter(|l| l.starts_with("marquee_worker_attribution_waits_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     worker.stop().await;
-    stack
+    let click = stack
         .stores
         .analytics
         .client()
         .query("SELECT experiment_key, arm_key, position FROM events FINAL WHERE type = 'click'")
         .fetch_one::<(String, String, i16)>()
         .await
-        .unwrap()
+        .unwrap();
+    (click, waits)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_that_reaches_kafka_before_its_impression_is_still_attributed() {
-    assert_eq!(
-        click_before_its_impression(2_000).await,
-        ("home".to_owned(), "treatment".to_owned(), 2)
-    );
+    let (click, waits) = click_before_its_impression(5_000, false).await;
+    assert_eq!(click, ("home".to_owned(), "treatment".to_owned(), 2));
+    assert!(waits >= 1.0, "the click's batch waited for the impression");
 }
 
-/// The same without the grace: the batch holding the click closes before the
+/// Without the grace the batch holding the click is stored before the
 /// impression arrives (what the grace is for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_grace_a_click_ahead_of_its_impression_is_stored_unattributed() {
-    let (experiment, arm, _) = click_before_its_impression(0).await;
+    let ((experiment, arm, _), _) = click_before_its_impression(0, true).await;
     assert_eq!((experiment.as_str(), arm.as_str()), ("", ""));
 }

@@ -103,12 +103,12 @@ impl Attributor {
         self.store.put(&lists, self.ttl_s).await
     }
 
-    /// Whether a click, view, like or conversion in `events` names a request
-    /// id whose served list is in neither `events`, process memory nor the
-    /// store: its impression may still be on its way. Lists the store has are
-    /// kept in memory for [`Self::attribute`]. A store error answers false:
-    /// storing the batch asks the store again, with retries.
-    pub async fn awaits_impressions(&mut self, events: &[StoredEvent]) -> bool {
+    /// The request ids that clicks, views, likes and conversions in `events`
+    /// name and whose served list is in neither `events`, process memory nor
+    /// the store: their impressions may still be on their way. Lists the
+    /// store has are kept in memory for [`Self::attribute`]. A store error
+    /// answers none: storing the batch asks the store again, with retries.
+    pub async fn unknown_request_ids(&mut self, events: &[StoredEvent]) -> HashSet<RequestId> {
         let served: HashSet<RequestId> = events
             .iter()
             .filter(|e| e.event.kind == EventKind::Impression)
@@ -122,22 +122,24 @@ impl Attributor {
             .filter(|id| !served.contains(id) && self.recent.get(id).is_none() && asked.insert(*id))
             .collect();
         if missing.is_empty() {
-            return false;
+            return HashSet::new();
         }
         match self.store.get_many(&missing).await {
             Ok(found) => {
-                let mut unknown = false;
-                for (id, list) in missing.iter().zip(found) {
+                let mut unknown = HashSet::new();
+                for (id, list) in missing.into_iter().zip(found) {
                     match list {
-                        Some(list) => self.recent.insert(*id, Arc::new(list)),
-                        None => unknown = true,
+                        Some(list) => self.recent.insert(id, Arc::new(list)),
+                        None => {
+                            unknown.insert(id);
+                        }
                     }
                 }
                 unknown
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not look up served lists; not waiting for impressions");
-                false
+                HashSet::new()
             }
         }
     }
@@ -285,20 +287,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_click_on_an_unknown_request_awaits_its_impression() {
+    async fn a_click_on_an_unknown_request_names_it_once() {
         let store = Arc::new(MemoryLists::default());
         let mut attributor = attributor_over(store.clone());
         let clicked = RequestId::new_random();
-        assert!(
-            attributor
-                .awaits_impressions(&[event(EventKind::Click, clicked)])
-                .await
-        );
+        let unknown = attributor
+            .unknown_request_ids(&[
+                event(EventKind::Click, clicked),
+                event(EventKind::Like, clicked),
+            ])
+            .await;
+        assert_eq!(unknown, HashSet::from([clicked]));
         assert_eq!(*store.lookups.lock().unwrap(), 1);
     }
 
     #[tokio::test]
-    async fn a_click_whose_impression_is_in_the_batch_remembered_or_stored_does_not_wait() {
+    async fn a_request_served_in_the_batch_remembered_or_stored_is_known() {
         let store = Arc::new(MemoryLists::default());
         let mut attributor = attributor_over(store.clone());
         let in_batch = RequestId::new_random();
@@ -306,7 +310,7 @@ mod tests {
             event(EventKind::Click, in_batch),
             event(EventKind::Impression, in_batch),
         ];
-        assert!(!attributor.awaits_impressions(&batch).await);
+        assert!(attributor.unknown_request_ids(&batch).await.is_empty());
         assert_eq!(*store.lookups.lock().unwrap(), 0, "no store lookup needed");
 
         let remembered = RequestId::new_random();
@@ -314,11 +318,10 @@ mod tests {
             .remember(&[event(EventKind::Impression, remembered)])
             .await
             .unwrap();
-        assert!(
-            !attributor
-                .awaits_impressions(&[event(EventKind::Click, remembered)])
-                .await
-        );
+        assert!(attributor
+            .unknown_request_ids(&[event(EventKind::Click, remembered)])
+            .await
+            .is_empty());
         assert_eq!(*store.lookups.lock().unwrap(), 0);
 
         // Served and stored by another worker: found in the store, then kept in memory.
@@ -327,16 +330,14 @@ mod tests {
             .remember(&[event(EventKind::Impression, elsewhere)])
             .await
             .unwrap();
-        assert!(
-            !attributor
-                .awaits_impressions(&[event(EventKind::View, elsewhere)])
-                .await
-        );
-        assert!(
-            !attributor
-                .awaits_impressions(&[event(EventKind::Like, elsewhere)])
-                .await
-        );
+        assert!(attributor
+            .unknown_request_ids(&[event(EventKind::View, elsewhere)])
+            .await
+            .is_empty());
+        assert!(attributor
+            .unknown_request_ids(&[event(EventKind::Like, elsewhere)])
+            .await
+            .is_empty());
         assert_eq!(
             *store.lookups.lock().unwrap(),
             1,

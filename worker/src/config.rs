@@ -11,10 +11,12 @@ pub struct WorkerConfig {
     /// Consumer group of the event pipeline; every worker of a deployment shares it.
     #[arg(long, env = "MARQUEE_WORKER_GROUP", default_value = "marquee-worker")]
     pub group_id: String,
-    /// Most messages in one batch (one ClickHouse insert, one ledger transaction).
+    /// Most messages in one batch (one ClickHouse insert, one ledger
+    /// transaction); a batch waiting for impressions may take in as many again.
     #[arg(long, env = "MARQUEE_WORKER_BATCH_SIZE", default_value_t = 10_000)]
     pub batch_size: usize,
-    /// Longest a batch waits to fill after its first message, in milliseconds.
+    /// Longest a batch waits to fill after its first message, in milliseconds
+    /// (a batch waiting for impressions waits up to the attribution grace more).
     #[arg(long, env = "MARQUEE_WORKER_BATCH_MAX_WAIT_MS", default_value_t = 250)]
     pub batch_max_wait_ms: u64,
     /// Seconds a processed event id stays in the Redis dedup fast path.

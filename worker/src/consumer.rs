@@ -1,11 +1,11 @@
 //! The event pipeline: Kafka → ClickHouse and PostgreSQL, exactly once in effect.
 //!
 //! Per batch (size or time bound):
-//! 1. parse and validate every message; invalid ones go to the DLQ (awaited);
-//!    if a click (view, like, conversion) names a request id whose impression
-//!    is neither in the batch nor known, the batch first takes in what
-//!    arrives within the attribution grace (once): the impression may be in
-//!    flight behind the click;
+//! 1. parse and validate every message; if a click (view, like, conversion)
+//!    names a request id whose impression is neither in the batch nor known,
+//!    first take in what arrives until it does or the attribution grace
+//!    passes (once): the impression may be in flight behind the click;
+//!    invalid events go to the DLQ (awaited);
 //! 2. drop duplicates within the batch, then those the Redis fast path knows;
 //! 3. claim the rest in the PostgreSQL ledger (one transaction, with the
 //!    users/views/likes history) — ids already claimed are duplicates;
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use domain::events::{events_from_record, EventRules};
+use domain::events::{events_from_record, EventKind, EventRules};
 use domain::ids::EventId;
 use domain::ports::pipeline::{
     BatchId, DedupCache, EventStore, IngestLedger, StoreError, StoredEvent,
@@ -53,6 +53,10 @@ pub struct Msg {
     /// The record's `content-encoding` header: the api's packs are LZ4 frames.
     pub encoding: Option<Vec<u8>>,
 }
+
+/// While a batch waits for impressions, the pause in the stream after which
+/// what arrived is checked for them.
+const QUIET: Duration = Duration::from_millis(5);
 
 /// Payload bytes at which a batch is closed before it reaches its size in
 /// messages: a record may pack hundreds of impressions, so a count of records
@@ -170,14 +174,15 @@ impl Intake {
         out
     }
 
-    /// Append to `batch` what arrives within `within` (carried messages
-    /// first), up to `size` more messages and the batch's byte bound; returns
-    /// how many were appended.
-    async fn extend_within(
+    /// Append to `batch` the next messages, up to `size` more and the batch's
+    /// byte bound: carried ones if any (at once), else what arrives before
+    /// `deadline`, returning once the stream pauses for [`QUIET`] after the
+    /// first. Returns how many were appended (0 at the deadline or shutdown).
+    async fn take_more(
         &mut self,
         batch: &mut Vec<Msg>,
         size: usize,
-        within: Duration,
+        deadline: tokio::time::Instant,
     ) -> usize {
         let mut bytes: usize = batch.iter().map(Msg::len).sum();
         let mut added = 0;
@@ -189,18 +194,24 @@ impl Intake {
             batch.push(m);
             added += 1;
         }
-        let deadline = tokio::time::Instant::now() + within;
+        if added > 0 {
+            return added;
+        }
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         while added < size && bytes < MAX_BATCH_BYTES {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut timer => break,
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
                         let m = Msg::from_kafka(&m);
                         bytes += m.len();
                         batch.push(m);
                         added += 1;
+                        let quiet = tokio::time::Instant::now() + QUIET;
+                        timer.as_mut().reset(quiet.min(deadline));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consumer error");
@@ -531,22 +542,8 @@ impl Pipeline {
         let mut events = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
         self.parse(batch, &mut events, &mut letters);
-        if !self.settings.attribution_grace.is_zero()
-            && self.sinks.attributor.awaits_impressions(&events).await
-        {
-            let before = batch.len();
-            let added = self
-                .intake
-                .extend_within(
-                    batch,
-                    self.settings.batch_size,
-                    self.settings.attribution_grace,
-                )
-                .await;
-            metrics::counter!("marquee_worker_attribution_waits_total").increment(1);
-            self.parse(&batch[before..], &mut events, &mut letters);
-            tracing::debug!(added, "waited for impressions the batch's clicks name");
-        }
+        self.await_impressions(batch, &mut events, &mut letters)
+            .await;
         if !letters.is_empty() {
             if retry!(self.intake, self.sinks.dlq.send_all(&letters)).is_none() {
                 return Outcome::Abandoned;
@@ -602,6 +599,52 @@ impl Pipeline {
             "batch committed"
         );
         Outcome::Committed
+    }
+
+    /// If a click (view, like, conversion) in `events` names a request id
+    /// whose impression is unknown, take in what arrives until those
+    /// impressions have or the attribution grace has passed (once per batch,
+    /// up to another batch's worth of messages), parsing it into `events`.
+    async fn await_impressions(
+        &mut self,
+        batch: &mut Vec<Msg>,
+        events: &mut Vec<StoredEvent>,
+        letters: &mut Vec<DeadLetter>,
+    ) {
+        let grace = self.settings.attribution_grace;
+        if grace.is_zero() {
+            return;
+        }
+        let mut unknown = self.sinks.attributor.unknown_request_ids(events).await;
+        if unknown.is_empty() {
+            return;
+        }
+        metrics::counter!("marquee_worker_attribution_waits_total").increment(1);
+        let named = unknown.len();
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut room = self.settings.batch_size;
+        while !unknown.is_empty() && room > 0 {
+            let first_message = batch.len();
+            let added = self.intake.take_more(batch, room, deadline).await;
+            if added == 0 {
+                break;
+            }
+            room -= added;
+            let first_event = events.len();
+            self.parse(&batch[first_message..], events, letters);
+            for e in &events[first_event..] {
+                if e.event.kind == EventKind::Impression {
+                    if let Some(id) = e.event.request_id {
+                        unknown.remove(&id);
+                    }
+                }
+            }
+        }
+        tracing::debug!(
+            named,
+            still_unknown = unknown.len(),
+            "waited for the impressions a batch's clicks name"
+        );
     }
 
     /// Decode and validate `messages` into `events`; what is invalid becomes a
