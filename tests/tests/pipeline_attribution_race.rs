@@ -100,3 +100,73 @@ async fn without_the_grace_a_click_ahead_of_its_impression_is_stored_unattribute
     let ((experiment, arm, _), _) = click_before_its_impression(0, true).await;
     assert_eq!((experiment.as_str(), arm.as_str()), ("", ""));
 }
+
+/// While a batch waits for one click's impression, the messages it takes in
+/// bring a second click whose impression is 300 ms behind: that click goes
+/// back to open the next batch, which waits for it in turn, instead of being
+/// stored unattributed when the first impression ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_taken_in_while_waiting_waits_in_the_next_batch() {
+    let stack = TestStack::fresh().await;
+    create_two_arm_experiment(&stack, "home").await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+    let worker = spawn_worker(&stack, |config| {
+        config.group_id = format!("race-{}", stack.id);
+        config.batch_max_wait_ms = 20;
+        config.attribution_grace_ms = 5_000;
+    })
+    .await;
+    produce_events(
+        &producer,
+        &topic,
+        &[action(EventKind::View, "warm", Some(1), None)],
+    )
+    .await;
+    assert_eq!(
+        wait_for_events(&stack, 1, Duration::from_secs(60)).await.1,
+        1
+    );
+
+    // One user, so all of it shares a partition and keeps this order.
+    let first = impression("quick", "home", "treatment", "als", items(700, 5));
+    let second = impression("quick", "home", "treatment", "als", items(800, 5));
+    let first_click = action(EventKind::Click, "quick", Some(701), first.request_id);
+    let second_click = action(EventKind::Click, "quick", Some(803), second.request_id);
+    produce_events(&producer, &topic, &[first_click]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce_events(&producer, &topic, &[first, second_click]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce_events(&producer, &topic, &[second]).await;
+    assert_eq!(
+        wait_for_events(&stack, 5, Duration::from_secs(60)).await.1,
+        5
+    );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    worker.stop().await;
+    let clicks = stack
+        .stores
+        .analytics
+        .client()
+        .query("SELECT arm_key, position FROM events FINAL WHERE type = 'click' ORDER BY position")
+        .fetch_all::<(String, i16)>()
+        .await
+        .unwrap();
+    assert_eq!(
+        clicks,
+        vec![("treatment".to_owned(), 1), ("treatment".to_owned(), 3)],
+        "both clicks attributed"
+    );
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("marquee_worker_attribution_held_back_total") && !l.ends_with(" 0")
+        ),
+        "the second click was held back: {metrics}"
+    );
+}

@@ -144,6 +144,11 @@ impl Attributor {
         }
     }
 
+    /// Whether process memory holds the served list of `id`.
+    pub fn knows(&mut self, id: &RequestId) -> bool {
+        self.recent.get(id).is_some()
+    }
+
     /// Fill in the attributions of the non-impression events: from the served
     /// list of their request id, or for a conversion without one, from the
     /// user's sticky arms. Events whose request id is unknown or expired stay

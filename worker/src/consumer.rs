@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use domain::events::{events_from_record, EventKind, EventRules};
-use domain::ids::EventId;
+use domain::ids::{EventId, RequestId};
 use domain::ports::pipeline::{
     BatchId, DedupCache, EventStore, IngestLedger, StoreError, StoredEvent,
 };
@@ -539,11 +539,14 @@ impl Pipeline {
     /// and commit its offsets.
     async fn process(&mut self, batch: &mut Vec<Msg>) -> Outcome {
         let started = Instant::now();
-        let mut events = Vec::with_capacity(batch.len());
-        let mut letters = Vec::new();
-        self.parse(batch, &mut events, &mut letters);
-        self.await_impressions(batch, &mut events, &mut letters)
-            .await;
+        let mut parsed = Parsed::default();
+        self.parse(batch, &mut parsed);
+        self.await_impressions(batch, &mut parsed).await;
+        let Parsed {
+            mut events,
+            letters,
+            ..
+        } = parsed;
         if !letters.is_empty() {
             if retry!(self.intake, self.sinks.dlq.send_all(&letters)).is_none() {
                 return Outcome::Abandoned;
@@ -601,26 +604,29 @@ impl Pipeline {
         Outcome::Committed
     }
 
-    /// If a click (view, like, conversion) in `events` names a request id
+    /// If a click (view, like, conversion) in the batch names a request id
     /// whose impression is unknown, take in what arrives until those
     /// impressions have or the attribution grace has passed (once per batch,
-    /// up to another batch's worth of messages), parsing it into `events`.
-    async fn await_impressions(
-        &mut self,
-        batch: &mut Vec<Msg>,
-        events: &mut Vec<StoredEvent>,
-        letters: &mut Vec<DeadLetter>,
-    ) {
+    /// up to another batch's worth of messages), parsing it. The messages
+    /// taken in bring new clicks whose impressions may be in flight in turn:
+    /// from the first of them naming an unknown request id on, they go back
+    /// to open the next batch (which waits for them) instead of being stored.
+    async fn await_impressions(&mut self, batch: &mut Vec<Msg>, parsed: &mut Parsed) {
         let grace = self.settings.attribution_grace;
         if grace.is_zero() {
             return;
         }
-        let mut unknown = self.sinks.attributor.unknown_request_ids(events).await;
+        let mut unknown = self
+            .sinks
+            .attributor
+            .unknown_request_ids(&parsed.events)
+            .await;
         if unknown.is_empty() {
             return;
         }
         metrics::counter!("marquee_worker_attribution_waits_total").increment(1);
         let named = unknown.len();
+        let first_taken = batch.len();
         let deadline = tokio::time::Instant::now() + grace;
         let mut room = self.settings.batch_size;
         while !unknown.is_empty() && room > 0 {
@@ -630,9 +636,9 @@ impl Pipeline {
                 break;
             }
             room -= added;
-            let first_event = events.len();
-            self.parse(&batch[first_message..], events, letters);
-            for e in &events[first_event..] {
+            let first_event = parsed.events.len();
+            self.parse(&batch[first_message..], parsed);
+            for e in &parsed.events[first_event..] {
                 if e.event.kind == EventKind::Impression {
                     if let Some(id) = e.event.request_id {
                         unknown.remove(&id);
@@ -640,21 +646,70 @@ impl Pipeline {
                 }
             }
         }
+        let held = match self.hold_back_from(first_taken, parsed) {
+            Some(first_held) => {
+                let held = batch.split_off(first_held);
+                parsed.truncate(first_held);
+                let count = held.len();
+                for m in held.into_iter().rev() {
+                    self.intake.carry.push_front(m);
+                }
+                metrics::counter!("marquee_worker_attribution_held_back_total")
+                    .increment(count as u64);
+                count
+            }
+            None => 0,
+        };
         tracing::debug!(
             named,
             still_unknown = unknown.len(),
+            taken_in = batch.len() - first_taken,
+            held_back = held,
             "waited for the impressions a batch's clicks name"
         );
     }
 
-    /// Decode and validate `messages` into `events`; what is invalid becomes a
+    /// The first message taken in while waiting (index `first_taken` on) with
+    /// a click naming a request id served neither in the batch nor known in
+    /// memory; `None` if there is none, or if holding the messages from it on
+    /// back would take away an impression a click kept in the batch names.
+    fn hold_back_from(&mut self, first_taken: usize, parsed: &Parsed) -> Option<usize> {
+        let served = |events: &[StoredEvent]| -> HashSet<RequestId> {
+            events
+                .iter()
+                .filter(|e| e.event.kind == EventKind::Impression)
+                .filter_map(|e| e.event.request_id)
+                .collect()
+        };
+        let clicks = |events: &[StoredEvent]| -> Vec<RequestId> {
+            events
+                .iter()
+                .filter(|e| e.event.kind != EventKind::Impression)
+                .filter_map(|e| e.event.request_id)
+                .collect()
+        };
+        let in_batch = served(&parsed.events);
+        let first_held = (first_taken..parsed.messages()).find(|&i| {
+            clicks(parsed.events_of(i))
+                .iter()
+                .any(|id| !in_batch.contains(id) && !self.sinks.attributor.knows(id))
+        })?;
+        let (kept, held) = parsed.events.split_at(parsed.events_start(first_held));
+        let (kept_served, held_served) = (served(kept), served(held));
+        let kept_lose_one = clicks(kept)
+            .iter()
+            .any(|id| held_served.contains(id) && !kept_served.contains(id));
+        (!kept_lose_one).then_some(first_held)
+    }
+
+    /// Decode and validate `messages` into `parsed`; what is invalid becomes a
     /// dead letter.
-    fn parse(
-        &self,
-        messages: &[Msg],
-        events: &mut Vec<StoredEvent>,
-        letters: &mut Vec<DeadLetter>,
-    ) {
+    fn parse(&self, messages: &[Msg], parsed: &mut Parsed) {
+        let Parsed {
+            events,
+            letters,
+            ends,
+        } = parsed;
         let now = Utc::now();
         for m in messages {
             let payload = m.payload.as_deref().unwrap_or_default();
@@ -670,12 +725,13 @@ impl Pipeline {
                         m.key.clone(),
                         payload,
                     ));
+                    ends.push((events.len(), letters.len()));
                     continue;
                 }
             };
             // A record holds one event or, from the api, a partition's packed impressions.
-            for parsed in events_from_record(&plain, now, self.rules) {
-                match parsed {
+            for item in events_from_record(&plain, now, self.rules) {
+                match item {
                     Ok(event) => events.push(StoredEvent::new(event)),
                     Err(rejected) => letters.push(DeadLetter::new(
                         rejected.error.message,
@@ -688,7 +744,43 @@ impl Pipeline {
                     )),
                 }
             }
+            ends.push((events.len(), letters.len()));
         }
+    }
+}
+
+/// A batch's messages parsed: their events and dead letters in message order,
+/// and where each message's end in both.
+#[derive(Default)]
+struct Parsed {
+    events: Vec<StoredEvent>,
+    letters: Vec<DeadLetter>,
+    /// Per message: (events so far, letters so far) after it.
+    ends: Vec<(usize, usize)>,
+}
+
+impl Parsed {
+    fn messages(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Where message `index`'s events start.
+    fn events_start(&self, index: usize) -> usize {
+        index.checked_sub(1).map_or(0, |before| self.ends[before].0)
+    }
+
+    fn events_of(&self, index: usize) -> &[StoredEvent] {
+        &self.events[self.events_start(index)..self.ends[index].0]
+    }
+
+    /// Keep the first `messages` messages' events and letters only.
+    fn truncate(&mut self, messages: usize) {
+        let (events, letters) = messages
+            .checked_sub(1)
+            .map_or((0, 0), |last| self.ends[last]);
+        self.events.truncate(events);
+        self.letters.truncate(letters);
+        self.ends.truncate(messages);
     }
 }
 
