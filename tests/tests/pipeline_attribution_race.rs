@@ -101,10 +101,10 @@ async fn without_the_grace_a_click_ahead_of_its_impression_is_stored_unattribute
     assert_eq!((experiment.as_str(), arm.as_str()), ("", ""));
 }
 
-/// While a batch waits for one click's impression, the messages it takes in
-/// bring a second click whose impression is 300 ms behind: that click goes
-/// back to open the next batch, which waits for it in turn, instead of being
-/// stored unattributed when the first impression ends the wait.
+/// While a batch waits (up to 2 s) for one click's impression, the messages
+/// it takes in bring a second click whose impression comes 2.8 s later, after
+/// the wait: that click goes back to open the next batch, which waits for it
+/// in turn, instead of being stored unattributed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_taken_in_while_waiting_waits_in_the_next_batch() {
     let stack = TestStack::fresh().await;
@@ -114,7 +114,7 @@ async fn a_click_taken_in_while_waiting_waits_in_the_next_batch() {
     let worker = spawn_worker(&stack, |config| {
         config.group_id = format!("race-{}", stack.id);
         config.batch_max_wait_ms = 20;
-        config.attribution_grace_ms = 5_000;
+        config.attribution_grace_ms = 2_000;
     })
     .await;
     produce_events(
@@ -136,7 +136,7 @@ async fn a_click_taken_in_while_waiting_waits_in_the_next_batch() {
     produce_events(&producer, &topic, &[first_click]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     produce_events(&producer, &topic, &[first, second_click]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2_800)).await;
     produce_events(&producer, &topic, &[second]).await;
     assert_eq!(
         wait_for_events(&stack, 5, Duration::from_secs(60)).await.1,

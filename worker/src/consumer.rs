@@ -605,12 +605,12 @@ impl Pipeline {
     }
 
     /// If a click (view, like, conversion) in the batch names a request id
-    /// whose impression is unknown, take in what arrives until those
-    /// impressions have or the attribution grace has passed (once per batch,
-    /// up to another batch's worth of messages), parsing it. The messages
-    /// taken in bring new clicks whose impressions may be in flight in turn:
-    /// from the first of them naming an unknown request id on, they go back
-    /// to open the next batch (which waits for them) instead of being stored.
+    /// whose impression is unknown, take in what arrives until every click's
+    /// impression has (those taken in too) or the attribution grace has
+    /// passed (once per batch, up to another batch's worth of messages),
+    /// parsing it. Clicks taken in whose impressions are still missing then
+    /// go back, from the first of them on, to open the next batch (which
+    /// waits for them) instead of being stored unattributed.
     async fn await_impressions(&mut self, batch: &mut Vec<Msg>, parsed: &mut Parsed) {
         let grace = self.settings.attribution_grace;
         if grace.is_zero() {
@@ -626,9 +626,16 @@ impl Pipeline {
         }
         metrics::counter!("marquee_worker_attribution_waits_total").increment(1);
         let named = unknown.len();
+        let mut served: HashSet<RequestId> = parsed
+            .events
+            .iter()
+            .filter(|e| e.event.kind == EventKind::Impression)
+            .filter_map(|e| e.event.request_id)
+            .collect();
         let first_taken = batch.len();
         let deadline = tokio::time::Instant::now() + grace;
         let mut room = self.settings.batch_size;
+        // Clicks taken in join the wait: their impressions may be in flight too.
         while !unknown.is_empty() && room > 0 {
             let first_message = batch.len();
             let added = self.intake.take_more(batch, room, deadline).await;
@@ -639,10 +646,15 @@ impl Pipeline {
             let first_event = parsed.events.len();
             self.parse(&batch[first_message..], parsed);
             for e in &parsed.events[first_event..] {
-                if e.event.kind == EventKind::Impression {
-                    if let Some(id) = e.event.request_id {
+                match (e.event.kind, e.event.request_id) {
+                    (EventKind::Impression, Some(id)) => {
                         unknown.remove(&id);
+                        served.insert(id);
                     }
+                    (_, Some(id)) if !served.contains(&id) && !self.sinks.attributor.knows(&id) => {
+                        unknown.insert(id);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -669,37 +681,57 @@ impl Pipeline {
         );
     }
 
-    /// The first message taken in while waiting (index `first_taken` on) with
-    /// a click naming a request id served neither in the batch nor known in
-    /// memory; `None` if there is none, or if holding the messages from it on
-    /// back would take away an impression a click kept in the batch names.
+    /// Where the batch is cut so that what is held back from there on holds
+    /// every click taken in while waiting (index `first_taken` on) whose
+    /// impression is neither in the part kept nor known in memory, while
+    /// every click kept keeps the impression it found in the batch: the
+    /// latest such cut, or `None` when no click taken in is missing its
+    /// impression (or no cut exists).
     fn hold_back_from(&mut self, first_taken: usize, parsed: &Parsed) -> Option<usize> {
-        let served = |events: &[StoredEvent]| -> HashSet<RequestId> {
-            events
-                .iter()
-                .filter(|e| e.event.kind == EventKind::Impression)
-                .filter_map(|e| e.event.request_id)
-                .collect()
-        };
-        let clicks = |events: &[StoredEvent]| -> Vec<RequestId> {
-            events
+        let messages = parsed.messages();
+        // The first message serving each request id the batch serves.
+        let mut served_at: HashMap<RequestId, usize> = HashMap::new();
+        for i in 0..messages {
+            for e in parsed.events_of(i) {
+                if let (EventKind::Impression, Some(id)) = (e.event.kind, e.event.request_id) {
+                    served_at.entry(id).or_insert(i);
+                }
+            }
+        }
+        let clicks = |i: usize| {
+            parsed
+                .events_of(i)
                 .iter()
                 .filter(|e| e.event.kind != EventKind::Impression)
                 .filter_map(|e| e.event.request_id)
-                .collect()
         };
-        let in_batch = served(&parsed.events);
-        let first_held = (first_taken..parsed.messages()).find(|&i| {
-            clicks(parsed.events_of(i))
-                .iter()
-                .any(|id| !in_batch.contains(id) && !self.sinks.attributor.knows(id))
-        })?;
-        let (kept, held) = parsed.events.split_at(parsed.events_start(first_held));
-        let (kept_served, held_served) = (served(kept), served(held));
-        let kept_lose_one = clicks(kept)
-            .iter()
-            .any(|id| held_served.contains(id) && !kept_served.contains(id));
-        (!kept_lose_one).then_some(first_held)
+        // A cut must keep the impressions the clicks before the wait found.
+        let mut lowest = first_taken;
+        for i in 0..first_taken {
+            for id in clicks(i) {
+                if let Some(&at) = served_at.get(&id) {
+                    lowest = lowest.max(at + 1);
+                }
+            }
+        }
+        // Cutting at `cut` keeps the clicks taken in before it: each needs its
+        // impression before the cut (or in memory).
+        let mut latest_cut = None;
+        let mut needed_before = 0;
+        for cut in first_taken..messages {
+            if cut >= lowest && needed_before < cut {
+                latest_cut = Some(cut);
+            }
+            for id in clicks(cut) {
+                match served_at.get(&id) {
+                    Some(&at) => needed_before = needed_before.max(at),
+                    None if self.sinks.attributor.knows(&id) => {}
+                    // Kept, this click would be stored unattributed.
+                    None => return latest_cut,
+                }
+            }
+        }
+        None
     }
 
     /// Decode and validate `messages` into `parsed`; what is invalid becomes a
