@@ -119,6 +119,16 @@ pub async fn spawn_api(stack: &TestStack, adjust: impl FnOnce(&mut ApiConfig)) -
     }
 }
 
+/// The sum of every series of the metric `name` on the Prometheus page at
+/// `url` (0 if it has none).
+pub async fn metric_total(url: &str, name: &str) -> f64 {
+    let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+    page.lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Poll `check` until it returns true or `timeout` passes; returns whether it did.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where

@@ -12,7 +12,7 @@ use domain::recommend::{PrecomputedList, ScoredItem};
 use marquee_tests::cuttable_proxy::CuttableProxy;
 use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
-use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
+use marquee_tests::{eventually, metric_total, spawn_api, TestApi, TestStack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use repositories::kafka::encoding;
@@ -371,19 +371,7 @@ async fn posted_events_reach_kafka_and_invalid_ones_are_reported_by_index() {
 }
 
 async fn dropped_impressions(api: &TestApi) -> f64 {
-    let text = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("marquee_impressions_dropped_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_total(&api.url("/metrics"), "marquee_impressions_dropped_total").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
