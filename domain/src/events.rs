@@ -244,6 +244,22 @@ impl RawEvent {
 }
 
 impl Event {
+    /// The request whose served list this impression records.
+    pub fn served_request(&self) -> Option<RequestId> {
+        match self.kind {
+            EventKind::Impression => self.request_id,
+            _ => None,
+        }
+    }
+
+    /// The request whose served list this click, view, like or conversion acts on.
+    pub fn acted_on_request(&self) -> Option<RequestId> {
+        match self.kind {
+            EventKind::Impression => None,
+            _ => self.request_id,
+        }
+    }
+
     /// Parse and validate one Kafka message payload.
     pub fn from_json(
         bytes: &[u8],

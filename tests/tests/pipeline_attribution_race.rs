@@ -8,20 +8,15 @@ use std::time::Duration;
 use domain::events::EventKind;
 use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::worker_harness::{
-    action, impression, items, produce_events, producer, spawn_worker, wait_for_events,
+    action, impression, items, produce_events, producer, spawn_worker, wait_for_events, TestWorker,
 };
 use marquee_tests::{metric_total, TestStack};
+use rdkafka::producer::FutureProducer;
 
-/// A click produced before the impression it names (the api hands an
-/// impression to Kafka up to its packing window after answering, so a click
-/// made at once can reach Kafka first), with batches closing after 20 ms.
-/// `click_stored_first`: wait until the click is in ClickHouse before
-/// producing the impression, else wait 300 ms. Returns the click's stored
-/// (experiment, arm, position) and the worker's count of batches that waited.
-async fn click_before_its_impression(
-    grace_ms: u64,
-    click_stored_first: bool,
-) -> ((String, String, i16), f64) {
+/// A fresh stack with the experiment `home`, and a worker whose batches close
+/// after 20 ms and wait up to `grace_ms` for impressions, already fetching
+/// (a warm-up view is stored before this returns).
+async fn fetching_worker(grace_ms: u64) -> (TestStack, String, FutureProducer, TestWorker) {
     let stack = TestStack::fresh().await;
     create_two_arm_experiment(&stack, "home").await;
     let topic = stack.settings.events_topic.clone();
@@ -45,7 +40,20 @@ async fn click_before_its_impression(
         wait_for_events(&stack, 1, Duration::from_secs(60)).await.1,
         1
     );
+    (stack, topic, producer, worker)
+}
 
+/// A click produced before the impression it names (the api hands an
+/// impression to Kafka up to its packing window after answering, so a click
+/// made at once can reach Kafka first), with batches closing after 20 ms.
+/// `click_stored_first`: wait until the click is in ClickHouse before
+/// producing the impression, else wait 300 ms. Returns the click's stored
+/// (experiment, arm, position) and the worker's count of batches that waited.
+async fn click_before_its_impression(
+    grace_ms: u64,
+    click_stored_first: bool,
+) -> ((String, String, i16), f64) {
+    let (stack, topic, producer, worker) = fetching_worker(grace_ms).await;
     let served = impression("quick", "home", "treatment", "als", items(700, 5));
     let click = action(EventKind::Click, "quick", Some(702), served.request_id);
     produce_events(&producer, &topic, &[click]).await;
@@ -101,27 +109,7 @@ async fn without_the_grace_a_click_ahead_of_its_impression_is_stored_unattribute
 /// in turn, instead of being stored unattributed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_taken_in_while_waiting_waits_in_the_next_batch() {
-    let stack = TestStack::fresh().await;
-    create_two_arm_experiment(&stack, "home").await;
-    let topic = stack.settings.events_topic.clone();
-    let producer = producer(&stack);
-    let worker = spawn_worker(&stack, |config| {
-        config.group_id = format!("race-{}", stack.id);
-        config.batch_max_wait_ms = 20;
-        config.attribution_grace_ms = 2_000;
-    })
-    .await;
-    produce_events(
-        &producer,
-        &topic,
-        &[action(EventKind::View, "warm", Some(1), None)],
-    )
-    .await;
-    assert_eq!(
-        wait_for_events(&stack, 1, Duration::from_secs(60)).await.1,
-        1
-    );
-
+    let (stack, topic, producer, worker) = fetching_worker(2_000).await;
     // One user, so all of it shares a partition and keeps this order.
     let first = impression("quick", "home", "treatment", "als", items(700, 5));
     let second = impression("quick", "home", "treatment", "als", items(800, 5));

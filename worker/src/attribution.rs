@@ -111,37 +111,46 @@ impl Attributor {
     pub async fn unknown_request_ids(&mut self, events: &[StoredEvent]) -> HashSet<RequestId> {
         let served: HashSet<RequestId> = events
             .iter()
-            .filter(|e| e.event.kind == EventKind::Impression)
-            .filter_map(|e| e.event.request_id)
+            .filter_map(|e| e.event.served_request())
             .collect();
-        let mut asked = HashSet::new();
-        let missing: Vec<RequestId> = events
+        let named = events
             .iter()
-            .filter(|e| e.event.kind != EventKind::Impression)
-            .filter_map(|e| e.event.request_id)
-            .filter(|id| !served.contains(id) && self.recent.get(id).is_none() && asked.insert(*id))
-            .collect();
-        if missing.is_empty() {
-            return HashSet::new();
-        }
-        match self.store.get_many(&missing).await {
-            Ok(found) => {
-                let mut unknown = HashSet::new();
-                for (id, list) in missing.into_iter().zip(found) {
-                    match list {
-                        Some(list) => self.recent.insert(id, Arc::new(list)),
-                        None => {
-                            unknown.insert(id);
-                        }
-                    }
-                }
-                unknown
-            }
+            .filter_map(|e| e.event.acted_on_request())
+            .filter(|id| !served.contains(id));
+        match self.load_missing(named).await {
+            Ok(unknown) => unknown,
             Err(e) => {
                 tracing::warn!(error = %e, "could not look up served lists; not waiting for impressions");
                 HashSet::new()
             }
         }
+    }
+
+    /// Of `ids`, bring the served lists process memory lacks in from the
+    /// store; returns the ids the store has no list for either.
+    async fn load_missing(
+        &mut self,
+        ids: impl IntoIterator<Item = RequestId>,
+    ) -> Result<HashSet<RequestId>, StoreError> {
+        let mut asked = HashSet::new();
+        let missing: Vec<RequestId> = ids
+            .into_iter()
+            .filter(|id| self.recent.get(id).is_none() && asked.insert(*id))
+            .collect();
+        let mut unknown = HashSet::new();
+        if missing.is_empty() {
+            return Ok(unknown);
+        }
+        let found = self.store.get_many(&missing).await?;
+        for (id, list) in missing.into_iter().zip(found) {
+            match list {
+                Some(list) => self.recent.insert(id, Arc::new(list)),
+                None => {
+                    unknown.insert(id);
+                }
+            }
+        }
+        Ok(unknown)
     }
 
     /// Whether process memory holds the served list of `id`.
@@ -158,25 +167,8 @@ impl Attributor {
         events: &mut [StoredEvent],
     ) -> Result<AttributionCounts, StoreError> {
         let mut counts = AttributionCounts::default();
-        let mut missing: Vec<RequestId> = Vec::new();
-        for e in events.iter() {
-            if e.event.kind == EventKind::Impression {
-                continue;
-            }
-            if let Some(id) = e.event.request_id {
-                if self.recent.get(&id).is_none() && !missing.contains(&id) {
-                    missing.push(id);
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let found = self.store.get_many(&missing).await?;
-            for (id, list) in missing.iter().zip(found) {
-                if let Some(list) = list {
-                    self.recent.insert(*id, Arc::new(list));
-                }
-            }
-        }
+        self.load_missing(events.iter().filter_map(|e| e.event.acted_on_request()))
+            .await?;
         let mut sticky_users = Vec::new();
         for e in events.iter_mut() {
             if e.event.kind == EventKind::Impression {

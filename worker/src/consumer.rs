@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use domain::events::{events_from_record, EventKind, EventRules};
+use domain::events::{events_from_record, EventRules};
 use domain::ids::{EventId, RequestId};
 use domain::ports::pipeline::{
     BatchId, DedupCache, EventStore, IngestLedger, StoreError, StoredEvent,
@@ -135,13 +135,7 @@ impl Intake {
     async fn collect(&mut self, size: usize, max_wait: Duration) -> Vec<Msg> {
         let mut out: Vec<Msg> = Vec::new();
         let mut bytes = 0;
-        while out.len() < size && bytes < MAX_BATCH_BYTES {
-            let Some(m) = self.carry.pop_front() else {
-                break;
-            };
-            bytes += m.len();
-            out.push(m);
-        }
+        self.take_carried(&mut out, size, &mut bytes);
         let idle = Duration::from_secs(3600);
         let timer = tokio::time::sleep(if out.is_empty() { idle } else { max_wait });
         tokio::pin!(timer);
@@ -174,6 +168,22 @@ impl Intake {
         out
     }
 
+    /// Move carried messages to `batch`, at most `size` of them and while
+    /// `bytes` (the batch's payload, kept up to date) is under the bound;
+    /// returns how many.
+    fn take_carried(&mut self, batch: &mut Vec<Msg>, size: usize, bytes: &mut usize) -> usize {
+        let mut added = 0;
+        while added < size && *bytes < MAX_BATCH_BYTES {
+            let Some(m) = self.carry.pop_front() else {
+                break;
+            };
+            *bytes += m.len();
+            batch.push(m);
+            added += 1;
+        }
+        added
+    }
+
     /// Append to `batch` the next messages, up to `size` more and the batch's
     /// byte bound: carried ones if any (at once), else what arrives before
     /// `deadline`, returning once the stream pauses for [`QUIET`] after the
@@ -185,15 +195,7 @@ impl Intake {
         deadline: tokio::time::Instant,
     ) -> usize {
         let mut bytes: usize = batch.iter().map(Msg::len).sum();
-        let mut added = 0;
-        while added < size && bytes < MAX_BATCH_BYTES {
-            let Some(m) = self.carry.pop_front() else {
-                break;
-            };
-            bytes += m.len();
-            batch.push(m);
-            added += 1;
-        }
+        let mut added = self.take_carried(batch, size, &mut bytes);
         if added > 0 {
             return added;
         }
@@ -626,12 +628,8 @@ impl Pipeline {
         }
         metrics::counter!("marquee_worker_attribution_waits_total").increment(1);
         let named = unknown.len();
-        let mut served: HashSet<RequestId> = parsed
-            .events
-            .iter()
-            .filter(|e| e.event.kind == EventKind::Impression)
-            .filter_map(|e| e.event.request_id)
-            .collect();
+        let mut served_at = HashMap::new();
+        note_served(parsed, 0, &mut served_at);
         let first_taken = batch.len();
         let deadline = tokio::time::Instant::now() + grace;
         let mut room = self.settings.batch_size;
@@ -645,20 +643,18 @@ impl Pipeline {
             room -= added;
             let first_event = parsed.events.len();
             self.parse(&batch[first_message..], parsed);
+            note_served(parsed, first_message, &mut served_at);
             for e in &parsed.events[first_event..] {
-                match (e.event.kind, e.event.request_id) {
-                    (EventKind::Impression, Some(id)) => {
-                        unknown.remove(&id);
-                        served.insert(id);
-                    }
-                    (_, Some(id)) if !served.contains(&id) && !self.sinks.attributor.knows(&id) => {
+                if let Some(id) = e.event.served_request() {
+                    unknown.remove(&id);
+                } else if let Some(id) = e.event.acted_on_request() {
+                    if !served_at.contains_key(&id) && !self.sinks.attributor.knows(&id) {
                         unknown.insert(id);
                     }
-                    _ => {}
                 }
             }
         }
-        let held = match self.hold_back_from(first_taken, parsed) {
+        let held = match self.hold_back_from(first_taken, parsed, &served_at) {
             Some(first_held) => {
                 let held = batch.split_off(first_held);
                 parsed.truncate(first_held);
@@ -686,24 +682,19 @@ impl Pipeline {
     /// impression is neither in the part kept nor known in memory, while
     /// every click kept keeps the impression it found in the batch: the
     /// latest such cut, or `None` when no click taken in is missing its
-    /// impression (or no cut exists).
-    fn hold_back_from(&mut self, first_taken: usize, parsed: &Parsed) -> Option<usize> {
-        let messages = parsed.messages();
-        // The first message serving each request id the batch serves.
-        let mut served_at: HashMap<RequestId, usize> = HashMap::new();
-        for i in 0..messages {
-            for e in parsed.events_of(i) {
-                if let (EventKind::Impression, Some(id)) = (e.event.kind, e.event.request_id) {
-                    served_at.entry(id).or_insert(i);
-                }
-            }
-        }
+    /// impression (or no cut exists). `served_at`: the first message serving
+    /// each request id the batch serves.
+    fn hold_back_from(
+        &mut self,
+        first_taken: usize,
+        parsed: &Parsed,
+        served_at: &HashMap<RequestId, usize>,
+    ) -> Option<usize> {
         let clicks = |i: usize| {
             parsed
                 .events_of(i)
                 .iter()
-                .filter(|e| e.event.kind != EventKind::Impression)
-                .filter_map(|e| e.event.request_id)
+                .filter_map(|e| e.event.acted_on_request())
         };
         // A cut must keep the impressions the clicks before the wait found.
         let mut lowest = first_taken;
@@ -718,7 +709,7 @@ impl Pipeline {
         // impression before the cut (or in memory).
         let mut latest_cut = None;
         let mut needed_before = 0;
-        for cut in first_taken..messages {
+        for cut in first_taken..parsed.messages() {
             if cut >= lowest && needed_before < cut {
                 latest_cut = Some(cut);
             }
@@ -777,6 +768,20 @@ impl Pipeline {
                 }
             }
             ends.push((events.len(), letters.len()));
+        }
+    }
+}
+
+/// Note in `served_at` the first message serving each request id, for the
+/// messages of `parsed` from `from` on.
+fn note_served(parsed: &Parsed, from: usize, served_at: &mut HashMap<RequestId, usize>) {
+    for i in from..parsed.messages() {
+        for id in parsed
+            .events_of(i)
+            .iter()
+            .filter_map(|e| e.event.served_request())
+        {
+            served_at.entry(id).or_insert(i);
         }
     }
 }
