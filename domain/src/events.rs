@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
+use crate::json_out::JsonObject;
 use crate::ValidationError;
 
 /// Longest served list an impression may carry.
@@ -292,58 +293,46 @@ impl Event {
         }
     }
 
-    /// The wire form, as produced to Kafka, written from borrowed fields
-    /// without building owned strings first: the api emits one per request.
+    /// The wire form, as produced to Kafka: [`RawEvent`]'s fields in its
+    /// order, absent ones left out. Written by hand ([`crate::json_out`]):
+    /// the api emits one per request.
     pub fn to_json(&self) -> Vec<u8> {
         let imp = self.impression.as_ref();
-        let wire = WireEvent {
-            event_id: self.id,
-            kind: self.kind.as_str(),
-            user_id: self.user_id.as_str(),
-            movie_id: self.movie_id.map(MovieId::get),
-            request_id: self.request_id,
-            ts: self.ts,
-            value: self.value,
-            experiment: imp.map(|i| i.experiment.as_str()),
-            arm: imp.map(|i| i.arm.as_str()),
-            algorithm: imp.map(|i| i.algorithm.as_str()),
-            model_version: imp.and_then(|i| i.model_version.as_deref()),
-            items: imp.map(|i| i.items.as_slice()),
-        };
         // Sized for the whole event, so the buffer is never regrown: about 320
         // bytes of ids, keys and timestamp, and 32 per served item.
         let items = imp.map_or(0, |i| i.items.len());
         let mut out = Vec::with_capacity(320 + 32 * items);
-        // Serialising plain fields into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, &wire);
+        let mut event = JsonObject::start(&mut out);
+        event
+            .uuid("event_id", self.id.as_uuid())
+            .str("type", self.kind.as_str())
+            .str("user_id", self.user_id.as_str());
+        if let Some(movie) = self.movie_id {
+            event.int("movie_id", movie.get());
+        }
+        if let Some(request) = self.request_id {
+            event.uuid("request_id", request.as_uuid());
+        }
+        event.timestamp("ts", &self.ts);
+        if let Some(value) = self.value {
+            event.serde("value", &value);
+        }
+        if let Some(imp) = imp {
+            event
+                .str("experiment", imp.experiment.as_str())
+                .str("arm", imp.arm.as_str())
+                .str("algorithm", imp.algorithm.as_str());
+            if let Some(version) = &imp.model_version {
+                event.str("model_version", version);
+            }
+            event.objects("items", &imp.items, |item, served| {
+                item.int("movie_id", served.movie_id.get())
+                    .int("position", served.position);
+            });
+        }
+        event.end();
         out
     }
-}
-
-/// [`RawEvent`]'s fields, borrowed from an [`Event`], in the same order.
-#[derive(Serialize)]
-struct WireEvent<'a> {
-    event_id: EventId,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    user_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    movie_id: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<RequestId>,
-    ts: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    experiment: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    arm: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    algorithm: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model_version: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    items: Option<&'a [ServedItem]>,
 }
 
 /// Most events one Kafka record may carry; a longer array is rejected whole,
@@ -466,13 +455,30 @@ mod tests {
             }]),
             ..Default::default()
         };
+        let unversioned = RawEvent {
+            user_id: Some("u\\2".into()),
+            model_version: None,
+            items: Some(
+                (0..10)
+                    .map(|i| ServedItem {
+                        movie_id: MovieId::parse(1000 + i).unwrap(),
+                        position: i as u16,
+                    })
+                    .collect(),
+            ),
+            ..impression.clone()
+        };
         let conversion = RawEvent {
             kind: Some("conversion".into()),
             value: Some(9.5),
             ts: Some(now()),
             ..click()
         };
-        for raw in [impression, conversion] {
+        let attributed_click = RawEvent {
+            request_id: Some(Uuid::now_v7().to_string()),
+            ..click()
+        };
+        for raw in [impression, unversioned, conversion, attributed_click] {
             let event = raw.clone().validate(now(), EventRules::default()).unwrap();
             assert_eq!(
                 String::from_utf8(event.to_json()).unwrap(),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod experiment;
 pub mod ids;
+pub mod json_out;
 pub mod ports;
 pub mod recommend;
 pub mod results;

@@ -32,6 +32,18 @@ pub enum ItemSource {
     Catalog,
 }
 
+impl ItemSource {
+    /// The name it is serialised as.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Hot => "hot",
+            Self::Popular => "popular",
+            Self::Catalog => "catalog",
+        }
+    }
+}
+
 /// One movie chosen for the list.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {

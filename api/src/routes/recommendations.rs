@@ -18,6 +18,7 @@ use chrono::Utc;
 use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
 use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
 use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, RequestId, UserId};
+use domain::json_out::JsonObject;
 use domain::recommend::PrecomputedList;
 use domain::serving::{compose, ItemSource};
 use repositories::postgres::serving::{NewAssignment, UserContext};
@@ -94,6 +95,33 @@ pub struct Recommendations<'a> {
 
 /// Room for a ten-movie answer, so serialising it does not regrow the buffer.
 const RESPONSE_CAPACITY: usize = 2048;
+
+impl Recommendations<'_> {
+    /// The answer's JSON, as serde would write it, written by hand
+    /// ([`domain::json_out`]): this is the route every front-end page calls.
+    fn to_json(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(RESPONSE_CAPACITY);
+        JsonObject::start(&mut body)
+            .uuid("request_id", self.request_id)
+            .opt_str("experiment", self.experiment)
+            .opt_str("arm", self.arm)
+            .str("algorithm", self.algorithm)
+            .opt_str("model_version", self.model_version)
+            .objects("items", &self.items, |object, item| {
+                object.int("movie_id", item.movie_id);
+                match item.title.0 {
+                    Some(json) => object.raw("title", json.get()),
+                    None => object.str("title", ""),
+                };
+                object
+                    .int("position", item.position)
+                    .serde("score", &item.score)
+                    .str("source", item.source.as_str());
+            })
+            .end();
+        body
+    }
+}
 
 /// How the list is chosen for this request.
 struct Plan<'a> {
@@ -255,8 +283,7 @@ pub async fn recommendations(
         items,
     };
     // Serialised here, while the catalog snapshot it borrows from is held.
-    let mut body = Vec::with_capacity(RESPONSE_CAPACITY);
-    serde_json::to_writer(&mut body, &answer).map_err(|e| ApiError::Internal(e.into()))?;
+    let body = answer.to_json();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -398,6 +425,47 @@ mod tests {
             serde_json::to_string(title).unwrap()
         );
         assert_eq!(serde_json::to_string(&ServedTitle(None)).unwrap(), r#""""#);
+    }
+
+    #[test]
+    fn the_answer_is_written_as_serde_would_write_it() {
+        let title = serde_json::value::to_raw_value("Amélie \"Le fabuleux\"").unwrap();
+        let item = |movie_id, title, source| RecommendedItem {
+            movie_id,
+            title: ServedTitle(title),
+            position: (movie_id % 7) as u16,
+            score: 1.0 / movie_id as f32,
+            source,
+        };
+        let answers = [
+            Recommendations {
+                request_id: Uuid::now_v7(),
+                experiment: Some("home"),
+                arm: Some("treatment"),
+                algorithm: "als",
+                model_version: Some("v\\7"),
+                items: vec![
+                    item(1, Some(&*title), ItemSource::Model),
+                    item(42, None, ItemSource::Hot),
+                    item(i64::MAX, None, ItemSource::Popular),
+                    item(3, Some(&*title), ItemSource::Catalog),
+                ],
+            },
+            Recommendations {
+                request_id: Uuid::nil(),
+                experiment: None,
+                arm: None,
+                algorithm: "popularity",
+                model_version: None,
+                items: vec![],
+            },
+        ];
+        for answer in answers {
+            assert_eq!(
+                String::from_utf8(answer.to_json()).unwrap(),
+                serde_json::to_string(&answer).unwrap()
+            );
+        }
     }
 
     #[test]
