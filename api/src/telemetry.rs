@@ -1,7 +1,6 @@
 //! Logs (tracing) and metrics (Prometheus), installed once per process.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
@@ -44,28 +43,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                     ],
                 )
                 .ok()
-                .and_then(|b| b.install_recorder().ok())
-                .inspect(|handle| keep_up(handle.clone()))
+                .and_then(repositories::prometheus::install)
         })
         .clone()
-}
-
-/// How often recorded histogram samples are folded into their buckets.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Fold histogram samples into their buckets every [`UPKEEP_EVERY`], on a
-/// thread of its own for the life of the process (the recorder's). Until
-/// upkeep runs, every sample stays in memory: `install_recorder` leaves
-/// upkeep to the caller and only a scrape of /metrics runs it otherwise, so a
-/// process nobody scrapes grew by about 8 bytes per request, for good.
-fn keep_up(handle: PrometheusHandle) {
-    let spawned = std::thread::Builder::new()
-        .name("metrics-upkeep".to_owned())
-        .spawn(move || loop {
-            std::thread::sleep(UPKEEP_EVERY);
-            handle.run_upkeep();
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no metrics upkeep thread; histograms grow until /metrics is scraped");
-    }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod kafka;
 pub mod pipeline;
 pub mod postgres;
+pub mod prometheus;
 pub mod redis;
 pub mod redis_serving;
 pub mod s3;
