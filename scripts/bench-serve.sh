@@ -152,13 +152,20 @@ cpu_shares() {
     END {for (n in used) {u = used[n] / d * 100; if (u >= 1) printf "  %-16s %5.0f%%\n", n, u}}' \
     <(echo "$1") <(echo "$2") | sort -k2 -rn
 }
-# Shares over the middle of a run (wrk must still be alive to be counted).
+# Idle and steal (time the hypervisor gave another guest) ticks from /proc/stat.
+idle_steal_ticks() { awk '/^cpu / {print $5, $9}' /proc/stat; }
+# Shares over the middle of a run (wrk must still be alive to be counted),
+# then the machine's idle time and the time taken by the hypervisor, in the
+# same unit: a phase that lost time to another guest shows it here.
 cpu_during_run() {
-  local span=$((DURATION > 6 ? DURATION - 4 : 2)) before
+  local span=$((DURATION > 6 ? DURATION - 4 : 2)) before ticks_before
   sleep 2
   before="$(cpu_by_process)"
+  ticks_before="$(idle_steal_ticks)"
   sleep "$span"
   cpu_shares "$before" "$(cpu_by_process)" "$span"
+  echo "$ticks_before $(idle_steal_ticks)" | awk -v d="$span" -v hz="$(getconf CLK_TCK)" \
+    '{printf "  %-16s %5.0f%%\n  %-16s %5.0f%%\n", "(idle)", ($3 - $1) / hz / d * 100, "(steal)", ($4 - $2) / hz / d * 100}'
 }
 # The api's cache counters: misses of the per-user caches mean PostgreSQL
 # reads (user contexts) and Redis MGETs (lists) on the request path.
@@ -184,6 +191,7 @@ phase() {
   run "$@" >"$out_file"
   after="$(cache_counters)"
   wait "$sampler"
+  awk '$1 == "(idle)" {i = $2} $1 == "(steal)" {t = $2} END {printf "[bench]   machine idle %s, stolen by the hypervisor %s (100%% = one core)\n", i, t}' "$cpu_file"
   echo "$before $after" | awk '{printf "[bench]   cache misses during the phase: user contexts %d (PostgreSQL reads), lists %d (Redis MGETs)\n", $3 - $1, $4 - $2}'
 }
 out_file="$(mktemp)"
