@@ -114,5 +114,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("serde_json (baseline): {serde_ns:8.1} ns per event");
     println!("Event::to_json:        {hand_ns:8.1} ns per event");
     println!("ratio baseline/to_json: {:.2}", serde_ns / hand_ns);
+    // Linux's peak resident set of this process, for the record.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(peak) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!("peak RSS: {}", peak.trim_start_matches("VmHWM:").trim());
+    }
     Ok(())
 }
