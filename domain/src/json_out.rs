@@ -3,12 +3,13 @@
 //!
 //! Why not `serde_json` there: a profile of `scripts/bench-serve.sh` put
 //! 11.5% of the api's CPU in serialising those two documents, mostly in
-//! re-escaping the same field names and in many small buffer writes per field.
-//! Field names here are trusted literals written as they are; values that
-//! are not plain numbers or escape-free strings (timestamps, floats, strings
-//! holding `"`, `\` or control characters) still go through `serde_json`, so
-//! the bytes are exactly what `serde_json` would write. Each caller keeps a
-//! test comparing its output with `serde_json`'s for the same document.
+//! re-escaping the same field names and in chrono formatting the timestamp
+//! through `fmt`. Field names here are trusted literals written as they are,
+//! integers, UUIDs and timestamps are written digit by digit, and
+//! escape-free strings are copied; the rest (floats, strings holding `"`, `\`
+//! or control characters, years past 9999, leap seconds) still goes through
+//! `serde_json`, so the bytes are exactly what `serde_json` would write. Each
+//! caller keeps a test comparing its output with `serde_json`'s.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
