@@ -55,6 +55,16 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
+    /// `path` (`/metrics`, `/health/live`) on the worker's metrics listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
+    }
+
+    /// The sum of every series of the worker's metric `name`.
+    pub async fn metric_total(&self, name: &str) -> f64 {
+        crate::metric_total(&self.url("/metrics"), name).await
+    }
+
     /// Stop gracefully and wait for the worker to finish.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

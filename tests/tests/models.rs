@@ -224,8 +224,7 @@ async fn trained_models_are_stored_loaded_precomputed_rolled_back_and_checked() 
     assert_eq!(activate(&api, &v3.manifest.version).await.status(), 200);
     let refused = eventually(Duration::from_secs(30), || async {
         // The worker installed the process's metrics recorder (it started first).
-        let url = format!("http://127.0.0.1:{}/metrics", worker.metrics_port);
-        let Ok(response) = reqwest::get(url).await else {
+        let Ok(response) = reqwest::get(worker.url("/metrics")).await else {
             return false;
         };
         let text = response.text().await.unwrap_or_default();

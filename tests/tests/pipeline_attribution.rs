@@ -11,7 +11,7 @@ use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::worker_harness::{
     action, impression, items, produce_events, producer, spawn_worker, wait_for_events,
 };
-use marquee_tests::{metric_total, TestStack};
+use marquee_tests::TestStack;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -198,11 +198,9 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
         .unwrap();
     assert_eq!(attributed_views, 20);
 
-    let unattributed_counted = metric_total(
-        &format!("http://127.0.0.1:{}/metrics", second.metrics_port),
-        "marquee_events_unattributed_total",
-    )
-    .await;
+    let unattributed_counted = second
+        .metric_total("marquee_events_unattributed_total")
+        .await;
     assert_eq!(unattributed_counted, 25.0);
     second.stop().await;
 }

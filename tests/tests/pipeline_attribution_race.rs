@@ -10,7 +10,7 @@ use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::worker_harness::{
     action, impression, items, produce_events, producer, spawn_worker, wait_for_events, TestWorker,
 };
-use marquee_tests::{metric_total, TestStack};
+use marquee_tests::TestStack;
 use rdkafka::producer::FutureProducer;
 
 /// A fresh stack with the experiment `home`, and a worker whose batches close
@@ -71,11 +71,9 @@ async fn click_before_its_impression(
         3
     );
 
-    let waits = metric_total(
-        &format!("http://127.0.0.1:{}/metrics", worker.metrics_port),
-        "marquee_worker_attribution_waits_total",
-    )
-    .await;
+    let waits = worker
+        .metric_total("marquee_worker_attribution_waits_total")
+        .await;
     worker.stop().await;
     let click = stack
         .stores
@@ -125,11 +123,9 @@ async fn a_click_taken_in_while_waiting_waits_in_the_next_batch() {
         5
     );
 
-    let held_back = metric_total(
-        &format!("http://127.0.0.1:{}/metrics", worker.metrics_port),
-        "marquee_worker_attribution_held_back_total",
-    )
-    .await;
+    let held_back = worker
+        .metric_total("marquee_worker_attribution_held_back_total")
+        .await;
     worker.stop().await;
     let clicks = stack
         .stores

@@ -86,7 +86,7 @@ async fn clickhouse_outage_pauses_and_commits_nothing_unwritten() {
     );
     let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
     assert_eq!(lag, 0);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
+    let metrics = reqwest::get(worker.url("/metrics"))
         .await
         .unwrap()
         .text()

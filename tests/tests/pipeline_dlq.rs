@@ -85,7 +85,7 @@ async fn malformed_messages_go_to_the_dlq_and_the_partition_keeps_moving() {
         10,
         "binary payloads are kept in base64"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
+    let metrics = reqwest::get(worker.url("/metrics"))
         .await
         .unwrap()
         .text()

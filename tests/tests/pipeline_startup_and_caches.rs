@@ -76,7 +76,7 @@ async fn hot_movies_follow_the_interactions_in_clickhouse() {
         ]
     );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.metrics_port))
+    let metrics = reqwest::get(worker.url("/metrics"))
         .await
         .unwrap()
         .text()
@@ -90,12 +90,7 @@ async fn hot_movies_follow_the_interactions_in_clickhouse() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    let live = reqwest::get(format!(
-        "http://127.0.0.1:{}/health/live",
-        worker.metrics_port
-    ))
-    .await
-    .unwrap();
+    let live = reqwest::get(worker.url("/health/live")).await.unwrap();
     assert!(live.status().is_success());
     worker.stop().await;
 }
