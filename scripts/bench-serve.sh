@@ -263,6 +263,10 @@ echo "ratio with the list cache off (to the mean baseline):   $(echo "scale=2; $
 echo "ratio with impressions unpacked (to the mean baseline): $(echo "scale=2; $(rps "$unpacked") / $live_mean" | bc)"
 echo "ratio with packs uncompressed (to the mean baseline):   $(echo "scale=2; $(rps "$uncompressed") / $live_mean" | bc)"
 echo "api peak RSS: $((rss_kb / 1024)) MiB"
+# The api's CPU time per request: steadier between runs than rps, which
+# moves with whatever else the two cores are doing.
+api_us_per_request() { echo "$1" | awk -v r="$2" '$1 == "api" {sub(/%/, "", $2); printf "%.1f", $2 / 100 / r * 1e6}'; }
+echo "api CPU per request, round 1: recommendations $(api_us_per_request "$recs_cpu" "$(rps "${recs_out[1]}")") us, /health/live $(api_us_per_request "$live_cpu" "$(rps "${live_out[1]}")") us"
 echo "CPU per process (100% = one core), recommendations round 1:"
 echo "$recs_cpu"
 echo "CPU per process, /health/live round 1:"

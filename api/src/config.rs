@@ -33,8 +33,9 @@ pub struct ApiConfig {
     pub impression_queue: usize,
     /// How long impressions bound for one Kafka partition are gathered into
     /// one record, in milliseconds (0: one record per impression). The broker's
-    /// cost is per record; the worker unpacks them.
-    #[arg(long, env = "MARQUEE_IMPRESSION_PACKING_MS", default_value_t = 20)]
+    /// cost is per record; the worker unpacks them. 50 ms, not less: at 20 ms
+    /// the local broker spent twice as much CPU per served request (bench-serve).
+    #[arg(long, env = "MARQUEE_IMPRESSION_PACKING_MS", default_value_t = 50)]
     pub impression_packing_ms: u64,
     /// Encoding of packed impression records: `lz4` (an LZ4 frame, marked by
     /// a `content-encoding: lz4` record header; the worker decodes it) or
