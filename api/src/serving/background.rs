@@ -241,14 +241,9 @@ async fn impression_packer(serving: Arc<Serving>, window: Duration, shutdown: Ca
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Compressing and handing over four packs takes a few hundred
-        // microseconds: off the async workers, so requests queued behind
-        // this task do not wait for it.
-        let packer = serving.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || packer.impressions.flush_packs()).await
-        {
-            tracing::warn!(error = %e, "flushing impression packs failed");
-        }
+        // Only hands the packs to the producer's encoder thread, which
+        // compresses them: cheap enough for an async worker.
+        serving.impressions.flush_packs();
     }
 }
 

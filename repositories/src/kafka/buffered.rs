@@ -17,9 +17,16 @@
 //!
 //! A packed record is LZ4-compressed by default ([`super::encoding`]): the
 //! broker's cost follows the bytes it stores as well as the records.
+//!
+//! Finished packs are encoded and handed to librdkafka by a thread of their
+//! own, at a lower priority than serving ([`ENCODER_NICE`]): a pack that
+//! fills up is finished by the request that adds its last event, and
+//! compressing a few hundred impressions there (about half a millisecond)
+//! held up every request queued on that async worker.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use domain::events::Event;
@@ -55,6 +62,15 @@ const PACKED_LINGER_MS: u32 = 5;
 const UNPACKED_LINGER_MS: u32 = 20;
 
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Finished packs waiting for the encoder thread; past it, the thread is
+/// behind and the pack is encoded where it was finished. The in-flight
+/// bound, not this, bounds memory.
+const ENCODER_QUEUE: usize = 32;
+
+/// The encoder thread's nice value: under a full machine it yields to the
+/// request workers, and its packs still leave well within their window.
+const ENCODER_NICE: i32 = 10;
 
 /// The partition librdkafka's `consistent_random` partitioner (set on every
 /// Marquee producer) gives a message keyed `key`.
@@ -150,17 +166,89 @@ impl Pack {
 /// Produces events without waiting for the broker, for data whose loss is
 /// counted rather than retried by the caller (impressions): `send` packs the
 /// event with others bound for its partition; [`Self::flush_packs`] (every few
-/// milliseconds) and a full pack hand records to librdkafka, whose outcomes
-/// arrive later in [`DeliveryCounters`]. Memory is bounded in events.
+/// milliseconds) and a full pack hand records to the encoder thread, which
+/// gives them to librdkafka, whose outcomes arrive later in
+/// [`DeliveryCounters`]. Memory is bounded in events.
 pub struct BufferedProducer {
-    producer: ThreadedProducer<CountingContext>,
-    topic: String,
+    sink: Arc<PackSink>,
     /// One pack per partition of the topic; empty while the count is unknown
     /// (then nothing is packed).
     packs: Mutex<Vec<Pack>>,
+    /// To the encoder thread; `None` if it could not be started (then packs
+    /// are encoded where they are finished).
+    to_encoder: Option<SyncSender<ToEncoder>>,
+    capacity: usize,
+}
+
+/// What encodes finished packs and hands them to librdkafka: shared by the
+/// producer and its encoder thread.
+struct PackSink {
+    producer: ThreadedProducer<CountingContext>,
+    topic: String,
     /// How a pack's record is encoded (single-event records stay plain).
     encoder: RecordEncoder,
-    capacity: usize,
+}
+
+enum ToEncoder {
+    Pack(usize, Pack),
+    /// Answered once every pack sent before it was handed to librdkafka.
+    Drained(SyncSender<()>),
+}
+
+impl PackSink {
+    fn produce_pack(&self, partition: usize, pack: Pack) {
+        let (record, events) = pack.finish();
+        let (record, encoding) = self.encoder.encode(record);
+        let Ok(partition) = i32::try_from(partition) else {
+            return self
+                .producer
+                .context()
+                .lost(events, &"partition out of range");
+        };
+        let mut base = BaseRecord::<(), _, _>::with_opaque_to(&self.topic, events)
+            .partition(partition)
+            .payload(&record);
+        if let Some(headers) = encoding.headers() {
+            base = base.headers(headers);
+        }
+        let sent = self.producer.send(base);
+        if let Err((e, _)) = sent {
+            self.producer.context().lost(events, &e);
+        }
+    }
+
+    /// The encoder thread's loop; ends when the producer is dropped.
+    fn encode_until_closed(&self, finished: Receiver<ToEncoder>) {
+        lower_this_threads_priority();
+        for message in finished {
+            match message {
+                ToEncoder::Pack(partition, pack) => self.produce_pack(partition, pack),
+                ToEncoder::Drained(ack) => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Renice the calling thread (Linux gives each thread its own nice value);
+/// failing leaves it at the process's priority, which only costs latency.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers and only change
+        // this thread's scheduling priority.
+        let changed = unsafe {
+            let thread = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, ENCODER_NICE)
+        };
+        if changed != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the impression encoder's priority"
+            );
+        }
+    }
 }
 
 impl BufferedProducer {
@@ -187,18 +275,23 @@ impl BufferedProducer {
             in_flight: AtomicUsize::new(0),
             last_failure_log: Mutex::new(None),
         };
-        Ok(Self {
+        let sink = Arc::new(PackSink {
             producer: config.create_with_context(context)?,
             topic: settings.events_topic.clone(),
-            packs: Mutex::new(Vec::new()),
             encoder: RecordEncoder::new(encoding),
+        });
+        let to_encoder = packed.then(|| start_encoder(&sink)).flatten();
+        Ok(Self {
+            sink,
+            packs: Mutex::new(Vec::new()),
+            to_encoder,
             capacity: buffer.max(1),
         })
     }
 
     /// Buffer `event` for the events topic, in its user's partition.
     pub fn send(&self, event: &Event) -> Result<(), Refused> {
-        let in_flight = &self.producer.context().in_flight;
+        let in_flight = &self.sink.producer.context().in_flight;
         if in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::BufferFull);
@@ -228,10 +321,10 @@ impl BufferedProducer {
             }
             // Partitions unknown: one record keyed by user, partitioned by librdkafka.
             None => {
-                let record = BaseRecord::with_opaque_to(&self.topic, 1)
+                let record = BaseRecord::with_opaque_to(&self.sink.topic, 1)
                     .key(key)
                     .payload(&payload);
-                if let Err((e, _)) = self.producer.send(record) {
+                if let Err((e, _)) = self.sink.producer.send(record) {
                     in_flight.fetch_sub(1, Ordering::AcqRel);
                     return Err(match e {
                         rdkafka::error::KafkaError::MessageProduction(
@@ -245,7 +338,7 @@ impl BufferedProducer {
         Ok(())
     }
 
-    /// Hand every non-empty pack to librdkafka; call it every packing window.
+    /// Hand every non-empty pack to the encoder thread; call it every packing window.
     pub fn flush_packs(&self) {
         let packs: Vec<(usize, Pack)> = lock(&self.packs)
             .iter_mut()
@@ -258,25 +351,22 @@ impl BufferedProducer {
         }
     }
 
+    /// Hand a finished pack to the encoder thread, or encode it here when
+    /// that thread is missing or behind.
     fn produce_pack(&self, partition: usize, pack: Pack) {
-        let (record, events) = pack.finish();
-        let (record, encoding) = self.encoder.encode(record);
-        let Ok(partition) = i32::try_from(partition) else {
-            return self
-                .producer
-                .context()
-                .lost(events, &"partition out of range");
+        let pack = match &self.to_encoder {
+            Some(to_encoder) => match to_encoder.try_send(ToEncoder::Pack(partition, pack)) {
+                Ok(()) => return,
+                Err(TrySendError::Full(message) | TrySendError::Disconnected(message)) => {
+                    match message {
+                        ToEncoder::Pack(_, pack) => pack,
+                        ToEncoder::Drained(_) => return,
+                    }
+                }
+            },
+            None => pack,
         };
-        let mut base = BaseRecord::<(), _, _>::with_opaque_to(&self.topic, events)
-            .partition(partition)
-            .payload(&record);
-        if let Some(headers) = encoding.headers() {
-            base = base.headers(headers);
-        }
-        let sent = self.producer.send(base);
-        if let Err((e, _)) = sent {
-            self.producer.context().lost(events, &e);
-        }
+        self.sink.produce_pack(partition, pack);
     }
 
     /// Ask the broker how many partitions the topic has, and pack by that
@@ -284,19 +374,20 @@ impl BufferedProducer {
     /// workers. Returns the count, or the error with the previous count kept.
     pub fn refresh_partitions(&self, timeout: Duration) -> RepoResult<u32> {
         let metadata = self
+            .sink
             .producer
             .client()
-            .fetch_metadata(Some(&self.topic), timeout)?;
+            .fetch_metadata(Some(&self.sink.topic), timeout)?;
         let count = metadata
             .topics()
             .iter()
-            .find(|t| t.name() == self.topic && t.error().is_none())
+            .find(|t| t.name() == self.sink.topic && t.error().is_none())
             .map_or(0, |t| t.partitions().len());
         let count = u32::try_from(count).unwrap_or(0);
         if count == 0 {
             return Err(crate::RepoError::Config(format!(
                 "topic {} has no partitions yet",
-                self.topic
+                self.sink.topic
             )));
         }
         // Packs gathered under an old count keep their partitions (Kafka
@@ -324,13 +415,44 @@ impl BufferedProducer {
     /// to be delivered (or to fail). Blocking: call it from a blocking thread,
     /// at shutdown.
     pub fn flush(&self, timeout: Duration) -> RepoResult<()> {
+        let started = Instant::now();
         self.flush_packs();
-        Ok(self.producer.flush(timeout)?)
+        if let Some(to_encoder) = &self.to_encoder {
+            // The thread drains in order: once it answers, every pack
+            // finished before now is in librdkafka's hands.
+            let (ack, answered) = sync_channel(1);
+            if to_encoder.send(ToEncoder::Drained(ack)).is_ok() {
+                let _ = answered.recv_timeout(timeout);
+            }
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        Ok(self.sink.producer.flush(left)?)
     }
 
     /// Events packed, buffered or in flight.
     pub fn pending(&self) -> usize {
-        self.producer.context().in_flight.load(Ordering::Acquire)
+        self.sink
+            .producer
+            .context()
+            .in_flight
+            .load(Ordering::Acquire)
+    }
+}
+
+/// The thread that encodes and produces finished packs, or `None` (logged)
+/// if the system refused a thread.
+fn start_encoder(sink: &Arc<PackSink>) -> Option<SyncSender<ToEncoder>> {
+    let (to_encoder, finished) = sync_channel(ENCODER_QUEUE);
+    let sink = Arc::clone(sink);
+    match std::thread::Builder::new()
+        .name("impression-packs".into())
+        .spawn(move || sink.encode_until_closed(finished))
+    {
+        Ok(_) => Some(to_encoder),
+        Err(e) => {
+            tracing::warn!(error = %e, "no encoder thread; packs are encoded where they fill up");
+            None
+        }
     }
 }
 
