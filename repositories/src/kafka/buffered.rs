@@ -354,19 +354,19 @@ impl BufferedProducer {
     /// Hand a finished pack to the encoder thread, or encode it here when
     /// that thread is missing or behind.
     fn produce_pack(&self, partition: usize, pack: Pack) {
-        let pack = match &self.to_encoder {
-            Some(to_encoder) => match to_encoder.try_send(ToEncoder::Pack(partition, pack)) {
-                Ok(()) => return,
-                Err(TrySendError::Full(message) | TrySendError::Disconnected(message)) => {
-                    match message {
-                        ToEncoder::Pack(_, pack) => pack,
-                        ToEncoder::Drained(_) => return,
-                    }
-                }
-            },
-            None => pack,
+        let Some(to_encoder) = &self.to_encoder else {
+            return self.sink.produce_pack(partition, pack);
         };
-        self.sink.produce_pack(partition, pack);
+        match to_encoder.try_send(ToEncoder::Pack(partition, pack)) {
+            Ok(()) => {}
+            // Behind or gone: late is better than lost.
+            Err(
+                TrySendError::Full(ToEncoder::Pack(_, pack))
+                | TrySendError::Disconnected(ToEncoder::Pack(_, pack)),
+            ) => self.sink.produce_pack(partition, pack),
+            // Only packs are sent from here.
+            Err(_) => {}
+        }
     }
 
     /// Ask the broker how many partitions the topic has, and pack by that
