@@ -14,6 +14,11 @@
 #
 # PERF=1 also records a CPU profile of the api in target/bench-serve.perf.data.
 #
+# COMPARE_BIN=/path/to/another/api (a copy of target/release/api from another
+# commit) then runs COMPARE_ROUNDS (3) alternated pairs of the recommendations
+# route, this build against that one, on the same data: a change's effect on
+# rps and p99 beside the drift between runs.
+#
 # Data: MOVIES movies, an experiment `bench` with two running arms, and a
 # precomputed 50-movie list per arm for USERS users in Redis; each user has
 # seen 5 movies in PostgreSQL, so every request does the seen-filter too.
@@ -87,7 +92,7 @@ w(cmd("ZADD", "bench-serve:hot:movies", *[x for m in range(1, 201) for x in (100
 PY
 
 start_api() {
-  env "$@" target/release/api serve >/tmp/marquee-bench-serve.log 2>&1 &
+  env "$@" "${api_bin:-target/release/api}" serve >/tmp/marquee-bench-serve.log 2>&1 &
   api_pid=$!
   trap 'kill $api_pid 2>/dev/null || true; cleanup_broker' EXIT
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -235,6 +240,21 @@ phase "recommendations, packs uncompressed" -s "$lua" "http://127.0.0.1:$PORT"
 uncompressed="$(cat "$out_file")"
 uncompressed_cpu="$(cat "$cpu_file")"
 stop_api
+# COMPARE_BIN: this build and the other, alternated, each after the warm-up.
+declare -a compare_rows
+if [ -n "${COMPARE_BIN:-}" ]; then
+  [ -x "$COMPARE_BIN" ] || { echo "[bench] COMPARE_BIN=$COMPARE_BIN is not an executable" >&2; exit 1; }
+  for round in $(seq 1 "${COMPARE_ROUNDS:-3}"); do
+    for api_bin in target/release/api "$COMPARE_BIN"; do
+      start_api
+      warm
+      phase "recommendations, $api_bin (compare round $round)" -s "$lua" "http://127.0.0.1:$PORT"
+      compare_rows+=("$api_bin (round $round)|$(cat "$out_file")")
+      stop_api
+    done
+  done
+  api_bin=""
+fi
 rm -f "$lua" "$cpu_file" "$out_file"
 
 # wrk prints latencies as 1.23ms / 456.78us / 1.2s; normalise to ms.
@@ -275,5 +295,10 @@ echo "CPU per process, recommendations with impressions unpacked:"
 echo "$unpacked_cpu"
 echo "CPU per process, recommendations with packs uncompressed:"
 echo "$uncompressed_cpu"
+if [ "${#compare_rows[@]}" -gt 0 ]; then
+  printf '\nalternated builds, recommendations route\n%-52s %10s %9s %9s\n' "api" "rps" "p50 ms" "p99 ms"
+  for entry in "${compare_rows[@]}"; do row "${entry%%|*}" "${entry#*|}"; done
+fi
 for round in $(seq 1 "$ROUNDS"); do errors "${recs_out[round]}"; errors "${live_out[round]}"; done
+for entry in "${compare_rows[@]}"; do errors "${entry#*|}"; done
 errors "$uncached"; errors "$unpacked"; errors "$uncompressed"

@@ -19,10 +19,9 @@
 //! broker's cost follows the bytes it stores as well as the records.
 //!
 //! Finished packs are encoded and handed to librdkafka by a thread of their
-//! own, at a lower priority than serving ([`ENCODER_NICE`]): a pack that
-//! fills up is finished by the request that adds its last event, and
-//! compressing a few hundred impressions there (about half a millisecond)
-//! held up every request queued on that async worker.
+//! own: a pack that fills up is finished by the request that adds its last
+//! event, and compressing a few hundred impressions there (about half a
+//! millisecond) held up every request queued on that async worker.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -67,10 +66,6 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// behind and the pack is encoded where it was finished. The in-flight
 /// bound, not this, bounds memory.
 const ENCODER_QUEUE: usize = 32;
-
-/// The encoder thread's nice value: under a full machine it yields to the
-/// request workers, and its packs still leave well within their window.
-const ENCODER_NICE: i32 = 10;
 
 /// The partition librdkafka's `consistent_random` partitioner (set on every
 /// Marquee producer) gives a message keyed `key`.
@@ -219,7 +214,6 @@ impl PackSink {
 
     /// The encoder thread's loop; ends when the producer is dropped.
     fn encode_until_closed(&self, finished: Receiver<ToEncoder>) {
-        lower_this_threads_priority();
         for message in finished {
             match message {
                 ToEncoder::Pack(partition, pack) => self.produce_pack(partition, pack),
@@ -227,26 +221,6 @@ impl PackSink {
                     let _ = ack.send(());
                 }
             }
-        }
-    }
-}
-
-/// Renice the calling thread (Linux gives each thread its own nice value);
-/// failing leaves it at the process's priority, which only costs latency.
-fn lower_this_threads_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority take no pointers and only change
-        // this thread's scheduling priority.
-        let changed = unsafe {
-            let thread = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, ENCODER_NICE)
-        };
-        if changed != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "could not lower the impression encoder's priority"
-            );
         }
     }
 }
