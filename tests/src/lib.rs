@@ -6,6 +6,7 @@
 //! The stack itself must be up (`scripts/stack.sh up`; `scripts/test.sh` does it).
 
 pub mod cuttable_proxy;
+pub mod events_topic;
 pub mod fixtures;
 pub mod private_redis;
 

@@ -100,7 +100,8 @@ impl RecordEncoder {
             RecordEncoding::Identity => (value, RecordEncoding::Identity),
             RecordEncoding::Lz4 => {
                 // Another thread is compressing: use an encoder of its own
-                // rather than wait (rare: packs are flushed by one ticker).
+                // rather than wait (rare: one thread encodes the packs, and
+                // others only while it is behind).
                 let mut shared = self.lz4.try_lock().ok();
                 let mut own = None;
                 let encoder = match shared.as_deref_mut() {
