@@ -241,7 +241,7 @@ uncompressed="$(cat "$out_file")"
 uncompressed_cpu="$(cat "$cpu_file")"
 stop_api
 # COMPARE_BIN: this build and the other, alternated, each after the warm-up.
-declare -a compare_rows
+compare_rows=()
 if [ -n "${COMPARE_BIN:-}" ]; then
   [ -x "$COMPARE_BIN" ] || { echo "[bench] COMPARE_BIN=$COMPARE_BIN is not an executable" >&2; exit 1; }
   for round in $(seq 1 "${COMPARE_ROUNDS:-3}"); do
