@@ -1,15 +1,13 @@
 //! Building and running the api: stores, migrations, router, listener.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::serve::ListenerExt;
 use axum::Router;
 use repositories::kafka::{BufferedProducer, EventProducer};
@@ -24,6 +22,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::ApiConfig;
+use crate::http_metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::serving::background::{self, RefreshIntervals};
@@ -239,7 +238,7 @@ pub fn build_router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     routes::router(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(http_metrics::record))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         .layer(
@@ -254,54 +253,4 @@ pub fn build_router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-}
-
-/// Count, latency histogram and status per route template (not per raw path,
-/// which would explode the label set with user ids).
-async fn record_metrics(request: Request, next: Next) -> Response {
-    // MatchedPath is an Arc<str>: cloning it does not copy the route.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let (requests, duration) = http_metrics(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        &method,
-        response.status().as_u16(),
-    );
-    requests.increment(1);
-    duration.record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// Handles per route, method and status, registered once: looking a metric up
-/// by its labels on every request cost a seventh of the recommendations
-/// route's throughput (allocations and hashing of the label set).
-type HttpHandles = (metrics::Counter, metrics::Histogram);
-type HttpMetricsMap = HashMap<String, HashMap<(axum::http::Method, u16), HttpHandles>>;
-static HTTP_METRICS: std::sync::LazyLock<std::sync::RwLock<HttpMetricsMap>> =
-    std::sync::LazyLock::new(Default::default);
-
-fn http_metrics(route: &str, method: &axum::http::Method, status: u16) -> HttpHandles {
-    let key = (method.clone(), status);
-    if let Ok(map) = HTTP_METRICS.read() {
-        if let Some(handles) = map.get(route).and_then(|m| m.get(&key)) {
-            return handles.clone();
-        }
-    }
-    let labels = [
-        ("route", route.to_owned()),
-        ("method", method.to_string()),
-        ("status", status.to_string()),
-    ];
-    let handles = (
-        metrics::counter!("marquee_http_requests_total", &labels),
-        metrics::histogram!("marquee_http_request_duration_seconds", &labels),
-    );
-    if let Ok(mut map) = HTTP_METRICS.write() {
-        map.entry(route.to_owned())
-            .or_default()
-            .insert(key, handles.clone());
-    }
-    handles
 }
