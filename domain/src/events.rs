@@ -297,42 +297,131 @@ impl Event {
     /// order, absent ones left out. Written by hand ([`crate::json_out`]):
     /// the api emits one per request.
     pub fn to_json(&self) -> Vec<u8> {
-        let imp = self.impression.as_ref();
-        // Sized for the whole event, so the buffer is never regrown: about 320
-        // bytes of ids, keys and timestamp, and 32 per served item.
-        let items = imp.map_or(0, |i| i.items.len());
-        let mut out = Vec::with_capacity(320 + 32 * items);
-        let mut event = JsonObject::start(&mut out);
-        event
-            .uuid("event_id", self.id.as_uuid())
-            .str("type", self.kind.as_str())
-            .str("user_id", self.user_id.as_str());
-        if let Some(movie) = self.movie_id {
-            event.int("movie_id", movie.get());
-        }
-        if let Some(request) = self.request_id {
-            event.uuid("request_id", request.as_uuid());
-        }
-        event.timestamp("ts", &self.ts);
-        if let Some(value) = self.value {
-            event.serde("value", &value);
-        }
-        if let Some(imp) = imp {
-            event
-                .str("experiment", imp.experiment.as_str())
-                .str("arm", imp.arm.as_str())
-                .str("algorithm", imp.algorithm.as_str());
-            if let Some(version) = &imp.model_version {
-                event.str("model_version", version);
-            }
-            event.objects("items", &imp.items, |item, served| {
-                item.int("movie_id", served.movie_id.get())
-                    .int("position", served.position);
-            });
-        }
-        event.end();
-        out
+        let impression = self.impression.as_ref().map(|i| ImpressionFields {
+            experiment: &i.experiment,
+            arm: &i.arm,
+            algorithm: &i.algorithm,
+            model_version: i.model_version.as_deref(),
+        });
+        let items = self.impression.as_ref().map_or(&[][..], |i| &i.items[..]);
+        write_event(
+            EventHead {
+                id: self.id,
+                kind: self.kind,
+                user_id: &self.user_id,
+                movie_id: self.movie_id,
+                request_id: self.request_id,
+                ts: &self.ts,
+                value: self.value,
+            },
+            impression,
+            items
+                .iter()
+                .map(|served| (served.movie_id, served.position)),
+        )
     }
+}
+
+/// An impression borrowed from the request that served it, written straight
+/// to the same wire form as the equivalent [`Event`]: the api emits one per
+/// request, and an owned `Event` cost six allocations of values it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ImpressionRef<'a> {
+    pub id: EventId,
+    pub user_id: &'a UserId,
+    pub request_id: RequestId,
+    pub ts: DateTime<Utc>,
+    pub experiment: &'a ExperimentKey,
+    pub arm: &'a ArmKey,
+    pub algorithm: &'a AlgorithmKey,
+    pub model_version: Option<&'a str>,
+}
+
+impl ImpressionRef<'_> {
+    /// The wire form of this impression of `movies`, served in that order.
+    pub fn to_json(&self, movies: impl ExactSizeIterator<Item = MovieId>) -> Vec<u8> {
+        write_event(
+            EventHead {
+                id: self.id,
+                kind: EventKind::Impression,
+                user_id: self.user_id,
+                movie_id: None,
+                request_id: Some(self.request_id),
+                ts: &self.ts,
+                value: None,
+            },
+            Some(ImpressionFields {
+                experiment: self.experiment,
+                arm: self.arm,
+                algorithm: self.algorithm,
+                model_version: self.model_version,
+            }),
+            // Lists are at most MAX_IMPRESSION_ITEMS long: a position fits.
+            movies
+                .enumerate()
+                .map(|(position, movie)| (movie, position as u16)),
+        )
+    }
+}
+
+/// The fields every event has.
+struct EventHead<'a> {
+    id: EventId,
+    kind: EventKind,
+    user_id: &'a UserId,
+    movie_id: Option<MovieId>,
+    request_id: Option<RequestId>,
+    ts: &'a DateTime<Utc>,
+    value: Option<f64>,
+}
+
+/// The fields only impressions have, but their items.
+struct ImpressionFields<'a> {
+    experiment: &'a ExperimentKey,
+    arm: &'a ArmKey,
+    algorithm: &'a AlgorithmKey,
+    model_version: Option<&'a str>,
+}
+
+/// One writer for owned and borrowed events, so the two cannot drift apart.
+/// `items` (movie, position) are written only with `impression`.
+fn write_event(
+    head: EventHead<'_>,
+    impression: Option<ImpressionFields<'_>>,
+    items: impl ExactSizeIterator<Item = (MovieId, u16)>,
+) -> Vec<u8> {
+    // Sized for the whole event, so the buffer is never regrown: about 320
+    // bytes of ids, keys and timestamp, and 32 per served item.
+    let mut out = Vec::with_capacity(320 + 32 * items.len());
+    let mut event = JsonObject::start(&mut out);
+    event
+        .uuid("event_id", head.id.as_uuid())
+        .str("type", head.kind.as_str())
+        .str("user_id", head.user_id.as_str());
+    if let Some(movie) = head.movie_id {
+        event.int("movie_id", movie.get());
+    }
+    if let Some(request) = head.request_id {
+        event.uuid("request_id", request.as_uuid());
+    }
+    event.timestamp("ts", head.ts);
+    if let Some(value) = head.value {
+        event.serde("value", &value);
+    }
+    if let Some(imp) = impression {
+        event
+            .str("experiment", imp.experiment.as_str())
+            .str("arm", imp.arm.as_str())
+            .str("algorithm", imp.algorithm.as_str());
+        if let Some(version) = imp.model_version {
+            event.str("model_version", version);
+        }
+        event.objects("items", items, |item, (movie, position)| {
+            item.int("movie_id", movie.get()).int("position", position);
+        });
+    }
+    event.end();
+    out
 }
 
 /// Most events one Kafka record may carry; a longer array is rejected whole,
@@ -483,6 +572,52 @@ mod tests {
             assert_eq!(
                 String::from_utf8(event.to_json()).unwrap(),
                 serde_json::to_string(&event.to_raw()).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_borrowed_impression_is_written_as_its_event() {
+        let movies: Vec<MovieId> = (1..=10).map(|m| MovieId::parse(m * 97).unwrap()).collect();
+        for (user, model_version) in [("u\"1", Some("v\\7")), ("u2", None)] {
+            let event = RawEvent {
+                event_id: Some(Uuid::now_v7().to_string()),
+                kind: Some("impression".into()),
+                user_id: Some(user.into()),
+                request_id: Some(Uuid::now_v7().to_string()),
+                ts: Some("2026-01-01T00:00:00.123456Z".parse().unwrap()),
+                experiment: Some("home".into()),
+                arm: Some("b".into()),
+                algorithm: Some("als".into()),
+                model_version: model_version.map(str::to_owned),
+                items: Some(
+                    movies
+                        .iter()
+                        .enumerate()
+                        .map(|(position, &movie_id)| ServedItem {
+                            movie_id,
+                            position: position as u16,
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }
+            .validate(now(), EventRules::default())
+            .unwrap();
+            let details = event.impression.as_ref().unwrap();
+            let borrowed = ImpressionRef {
+                id: event.id,
+                user_id: &event.user_id,
+                request_id: event.request_id.unwrap(),
+                ts: event.ts,
+                experiment: &details.experiment,
+                arm: &details.arm,
+                algorithm: &details.algorithm,
+                model_version: details.model_version.as_deref(),
+            };
+            assert_eq!(
+                String::from_utf8(borrowed.to_json(movies.iter().copied())).unwrap(),
+                String::from_utf8(event.to_json()).unwrap()
             );
         }
     }

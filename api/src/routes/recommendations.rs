@@ -7,7 +7,6 @@
 //! whichever fails degrades the answer instead of failing it. Impressions and
 //! new assignments leave through bounded buffers.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use domain::events::{Event, EventKind, ImpressionDetails, ServedItem};
+use domain::events::ImpressionRef;
 use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
-use domain::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, RequestId, UserId};
+use domain::ids::{ArmKey, EventId, ExperimentKey, RequestId, UserId};
 use domain::json_out::JsonObject;
 use domain::recommend::PrecomputedList;
 use domain::serving::{compose, ItemSource};
@@ -213,8 +212,8 @@ pub async fn recommendations(
         None => serving.metrics.list_miss.increment(1),
     }
 
-    let catalog = serving.catalog.get();
-    let hot = serving.hot.get();
+    let catalog = serving.catalog.peek();
+    let hot = serving.hot.peek();
     let model_items = list
         .as_ref()
         .map(|l| l.items.as_slice())
@@ -248,18 +247,23 @@ pub async fn recommendations(
                 read_context,
             );
         }
-        if !chosen.is_empty() {
-            if let Ok(algorithm_key) = AlgorithmKey::parse(algorithm) {
-                serving.emit_impression(&impression(
-                    &user,
-                    request_id,
-                    e.key().clone(),
-                    a.arm.clone(),
-                    algorithm_key,
-                    model_version.map(str::to_owned),
-                    &chosen,
-                ));
-            }
+        // The arm an assignment names always exists; were it missing, the
+        // impression could not be attributed and is not worth sending.
+        let arm_algorithm = e.arms().get(a.arm_index).map(|arm| &arm.algorithm);
+        if let Some(algorithm) = arm_algorithm.filter(|_| !chosen.is_empty()) {
+            let impression = ImpressionRef {
+                id: EventId::from(Uuid::now_v7()),
+                user_id: &user,
+                request_id: RequestId::from(request_id),
+                ts: Utc::now(),
+                experiment: e.key(),
+                arm: &a.arm,
+                algorithm,
+                model_version,
+            };
+            serving.emit_impression(&user, || {
+                impression.to_json(chosen.iter().map(|c| c.movie_id))
+            });
         }
     }
 
@@ -365,50 +369,21 @@ fn plan(experiment: Option<&Experiment>) -> Plan<'_> {
             algorithms: vec![DEFAULT_ALGORITHM],
         };
     };
-    let mut algorithms: Vec<&str> = if e.status() == ExperimentStatus::Running {
-        e.arms().iter().map(|a| a.algorithm.as_str()).collect()
+    let algorithms = if e.status() == ExperimentStatus::Running {
+        // An experiment has a handful of arms: a linear scan beats hashing.
+        let mut unique: Vec<&str> = Vec::with_capacity(e.arms().len());
+        for arm in e.arms() {
+            if !unique.contains(&arm.algorithm.as_str()) {
+                unique.push(arm.algorithm.as_str());
+            }
+        }
+        unique
     } else {
         vec![e.control().algorithm.as_str()]
     };
-    let mut unique = HashSet::new();
-    algorithms.retain(|a| unique.insert(*a));
     Plan {
         experiment: Some(e),
         algorithms,
-    }
-}
-
-fn impression(
-    user: &UserId,
-    request_id: Uuid,
-    experiment: ExperimentKey,
-    arm: ArmKey,
-    algorithm: AlgorithmKey,
-    model_version: Option<String>,
-    chosen: &[domain::serving::Candidate],
-) -> Event {
-    Event {
-        id: EventId::from(Uuid::now_v7()),
-        kind: EventKind::Impression,
-        user_id: user.clone(),
-        movie_id: None,
-        request_id: Some(RequestId::from(request_id)),
-        ts: Utc::now(),
-        value: None,
-        impression: Some(ImpressionDetails {
-            experiment,
-            arm,
-            algorithm,
-            model_version,
-            items: chosen
-                .iter()
-                .enumerate()
-                .map(|(position, c)| ServedItem {
-                    movie_id: c.movie_id,
-                    position: position as u16,
-                })
-                .collect(),
-        }),
     }
 }
 

@@ -10,9 +10,10 @@ pub mod cache;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use domain::events::Event;
+use arc_swap::ArcSwap;
+
 use std::time::Duration;
 
 use domain::experiment::Experiment;
@@ -62,28 +63,33 @@ impl CatalogSnapshot {
 }
 
 /// A value swapped whole by a background task and read by every request.
+///
+/// arc-swap rather than `RwLock<Arc<T>>`: a read here writes nothing shared
+/// (no lock word, and with [`Self::peek`] no reference count), where the
+/// lock's reader count and the `Arc`'s count were written by every request on
+/// both workers, and those cache lines moved between the cores each time.
 #[derive(Debug, Default)]
-pub struct Snapshot<T>(RwLock<Arc<T>>);
+pub struct Snapshot<T>(ArcSwap<T>);
 
 impl<T> Snapshot<T> {
     pub fn new(value: T) -> Self {
-        Self(RwLock::new(Arc::new(value)))
+        Self(ArcSwap::from_pointee(value))
     }
 
+    /// The current value, kept alive for as long as the caller holds it
+    /// (across `.await`s too).
     pub fn get(&self) -> Arc<T> {
-        match self.0.read() {
-            Ok(guard) => guard.clone(),
-            // A writer panicked mid-swap; the Arc it left is still a whole value.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.load_full()
+    }
+
+    /// The current value for a short, synchronous read: no reference count
+    /// is taken; hold the guard only briefly and never across an `.await`.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<T>> {
+        self.0.load()
     }
 
     pub fn set(&self, value: T) {
-        let value = Arc::new(value);
-        match self.0.write() {
-            Ok(mut guard) => *guard = value,
-            Err(poisoned) => *poisoned.into_inner() = value,
-        }
+        self.0.store(Arc::new(value));
     }
 }
 
@@ -213,8 +219,8 @@ impl Serving {
     /// Hand an impression to the Kafka buffer without waiting; a full buffer
     /// (Kafka slow or down) drops it and counts the drop, so the response is
     /// never held up.
-    pub fn emit_impression(&self, event: &Event) {
-        match self.impressions.send(event) {
+    pub fn emit_impression(&self, user: &UserId, encode: impl FnOnce() -> Vec<u8>) {
+        match self.impressions.send_encoded(user, encode) {
             Ok(()) => {}
             Err(Refused::BufferFull) => self.metrics.impressions_buffer_full.increment(1),
             Err(Refused::Kafka(e)) => {

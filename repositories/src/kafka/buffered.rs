@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use domain::events::Event;
+use domain::ids::UserId;
 use rdkafka::client::ClientContext;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -265,13 +266,23 @@ impl BufferedProducer {
 
     /// Buffer `event` for the events topic, in its user's partition.
     pub fn send(&self, event: &Event) -> Result<(), Refused> {
+        self.send_encoded(&event.user_id, || event.to_json())
+    }
+
+    /// Buffer an event of `user` given as its wire form, which `encode`
+    /// writes only once the buffer has room for it.
+    pub fn send_encoded(
+        &self,
+        user: &UserId,
+        encode: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), Refused> {
         let in_flight = &self.sink.producer.context().in_flight;
         if in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::BufferFull);
         }
-        let payload = event.to_json();
-        let key = event.user_id.as_str().as_bytes();
+        let payload = encode();
+        let key = user.as_str().as_bytes();
         let ready = {
             let mut packs = lock(&self.packs);
             let partitions = u32::try_from(packs.len()).unwrap_or(0);
