@@ -15,6 +15,7 @@ use repositories::postgres::serving::PgServing;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -236,11 +237,16 @@ pub async fn shutdown_signal() {
 pub fn build_router(state: AppState) -> Router {
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     let max_body = state.config.max_body_bytes;
-    routes::router(state)
+    let routes = routes::router(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(middleware::from_fn(http_metrics::record))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Inside the router: the route template is known only once routed.
+        .layer(middleware::from_fn(http_metrics::record));
+    // The rest wrap the router once, outermost first. Added with
+    // `Router::layer`, each would be boxed around every route and cloned,
+    // one allocation apiece, on every request.
+    let around_routes = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 let request_id = request
@@ -251,6 +257,8 @@ pub fn build_router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
             }),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .service(routes);
+    Router::new().fallback_service(around_routes)
 }
