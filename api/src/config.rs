@@ -68,8 +68,10 @@ pub struct ApiConfig {
     /// process memory before Redis is asked again, in milliseconds (0: always
     /// ask). When the model loop rewrites an algorithm's lists it says so on
     /// `lists:changed` and the remembered ones are dropped at once, so this is
-    /// only the bound for lists changed in Redis by other means.
-    #[arg(long, env = "MARQUEE_LIST_CACHE_TTL_MS", default_value_t = 60_000)]
+    /// only the bound for lists changed in Redis by other means; five minutes
+    /// rather than one, since every expiry is a Redis round trip on the
+    /// request path for a list that has almost always not changed.
+    #[arg(long, env = "MARQUEE_LIST_CACHE_TTL_MS", default_value_t = 300_000)]
     pub list_cache_ttl_ms: u64,
     /// Most (algorithm, user) lists kept in that cache (a 50-movie list is about 1 KiB).
     #[arg(long, env = "MARQUEE_LIST_CACHE_CAPACITY", default_value_t = 50_000)]
