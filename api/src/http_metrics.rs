@@ -42,18 +42,20 @@ pub async fn record(request: Request, next: Next) -> Response {
     let seconds = started.elapsed().as_secs_f64();
     let registered = HANDLES.load();
     match find(&registered, route, method, status) {
-        Some(handles) => {
-            handles.requests.increment(1);
-            handles.duration.record(seconds);
-        }
+        Some(handles) => handles.observe(seconds),
         None => {
             drop(registered);
-            let handles = register(route, method, status);
-            handles.requests.increment(1);
-            handles.duration.record(seconds);
+            register(route, method, status).observe(seconds);
         }
     }
     response
+}
+
+impl Handles {
+    fn observe(&self, seconds: f64) {
+        self.requests.increment(1);
+        self.duration.record(seconds);
+    }
 }
 
 fn find<'a>(
