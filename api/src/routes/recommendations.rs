@@ -15,8 +15,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use domain::events::ImpressionRef;
-use domain::experiment::{assign, Assignment, Experiment, ExperimentStatus};
-use domain::ids::{ArmKey, EventId, ExperimentKey, RequestId, UserId};
+use domain::experiment::{assign, Arm, Assignment, Experiment, ExperimentStatus};
+use domain::ids::{EventId, ExperimentKey, RequestId, UserId};
 use domain::json_out::JsonObject;
 use domain::recommend::PrecomputedList;
 use domain::serving::{compose, ItemSource};
@@ -187,7 +187,7 @@ pub async fn recommendations(
     let (context, fetched, mut lists) = match serving.cached_context(experiment_key, &user) {
         // A returning user's arm is known before Redis is asked: fetch only its list.
         Some(context) => {
-            let algorithm = served_by(&plan, running, &user, &context).2;
+            let algorithm = served_by(&plan, running, &user, &context).algorithm;
             let lists = read_lists(&state, &[algorithm], &user, limit_time).await;
             (Some(context), vec![algorithm], lists)
         }
@@ -202,7 +202,11 @@ pub async fn recommendations(
     let read_context = context.as_deref();
     let unknown = UserContext::default();
     let context = read_context.unwrap_or(&unknown);
-    let (assignment, arm, algorithm) = served_by(&plan, running, &user, context);
+    let ServedBy {
+        assignment,
+        arm,
+        algorithm,
+    } = served_by(&plan, running, &user, context);
     let list = fetched
         .iter()
         .position(|a| *a == algorithm)
@@ -236,34 +240,31 @@ pub async fn recommendations(
         .map(|l| l.model_version.as_str());
     let request_id = Uuid::now_v7();
 
-    if let (Some(e), Some(a)) = (running, &assignment) {
-        if !a.sticky {
-            serving.record_assignment(
-                NewAssignment {
-                    experiment: e.key().clone(),
-                    user_id: user.clone(),
-                    arm: a.arm.clone(),
-                },
-                read_context,
-            );
-        }
-        // The arm an assignment names always exists; were it missing, the
-        // impression could not be attributed and is not worth sending.
-        let arm_algorithm = e.arms().get(a.arm_index).map(|arm| &arm.algorithm);
-        if let Some(algorithm) = arm_algorithm.filter(|_| !chosen.is_empty()) {
+    if let (Some(e), Some(a), Some(arm)) = (running, assignment, arm) {
+        if !chosen.is_empty() {
             let impression = ImpressionRef {
                 id: EventId::from(Uuid::now_v7()),
                 user_id: &user,
                 request_id: RequestId::from(request_id),
                 ts: Utc::now(),
                 experiment: e.key(),
-                arm: &a.arm,
-                algorithm,
+                arm: &arm.key,
+                algorithm: &arm.algorithm,
                 model_version,
             };
             serving.emit_impression(&user, || {
                 impression.to_json(chosen.iter().map(|c| c.movie_id))
             });
+        }
+        if !a.sticky {
+            serving.record_assignment(
+                NewAssignment {
+                    experiment: a.experiment,
+                    user_id: a.user_id,
+                    arm: a.arm,
+                },
+                read_context,
+            );
         }
     }
 
@@ -281,7 +282,7 @@ pub async fn recommendations(
     let answer = Recommendations {
         request_id,
         experiment: plan.experiment.map(|e| e.key().as_str()),
-        arm: arm.as_ref().map(ArmKey::as_str),
+        arm: arm.map(|arm| arm.key.as_str()),
         algorithm,
         model_version,
         items,
@@ -291,27 +292,35 @@ pub async fn recommendations(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// The user's assignment (in a running experiment), arm and algorithm: the
-/// sticky or hashed arm of a running experiment, else the control's algorithm
-/// (draft, stopped, or outside coverage), else the default algorithm.
+/// Who serves a request: the assignment (in a running experiment), the arm
+/// it names, and that arm's algorithm; else the control's algorithm (draft,
+/// stopped, or outside coverage), else the default algorithm.
+struct ServedBy<'a> {
+    assignment: Option<Assignment>,
+    arm: Option<&'a Arm>,
+    algorithm: &'a str,
+}
+
 fn served_by<'a>(
     plan: &Plan<'a>,
     running: Option<&'a Experiment>,
     user: &UserId,
     context: &UserContext,
-) -> (Option<Assignment>, Option<ArmKey>, &'a str) {
+) -> ServedBy<'a> {
     let assignment = running.and_then(|e| assign(e, user, context.sticky_arm.as_ref()));
-    let (arm, algorithm) = match (plan.experiment, &assignment) {
-        (Some(e), Some(a)) => (
-            Some(a.arm.clone()),
-            e.arms()
-                .get(a.arm_index)
-                .map_or(DEFAULT_ALGORITHM, |arm| arm.algorithm.as_str()),
-        ),
-        (Some(e), None) => (None, e.control().algorithm.as_str()),
-        (None, _) => (None, DEFAULT_ALGORITHM),
+    let arm = running
+        .zip(assignment.as_ref())
+        .and_then(|(e, a)| e.arms().get(a.arm_index));
+    let algorithm = match (arm, plan.experiment) {
+        (Some(arm), _) => arm.algorithm.as_str(),
+        (None, Some(e)) => e.control().algorithm.as_str(),
+        (None, None) => DEFAULT_ALGORITHM,
     };
-    (assignment, arm, algorithm)
+    ServedBy {
+        assignment,
+        arm,
+        algorithm,
+    }
 }
 
 /// The precomputed lists of `algorithms` for `user`: from process memory

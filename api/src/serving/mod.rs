@@ -2,8 +2,8 @@
 //! and hot movies, plus the bounded buffers that take impressions and new
 //! assignments off the request path.
 //!
-//! Requests only read snapshots (an `Arc` behind a briefly held lock); the
-//! background tasks in [`background`] replace them.
+//! Requests only read snapshots (an `Arc` swapped whole, read without a
+//! lock); the background tasks in [`background`] replace them.
 
 pub mod background;
 pub mod cache;
@@ -11,11 +11,9 @@ pub mod cache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use domain::experiment::Experiment;
 use domain::ids::{ExperimentKey, UserId};
 use domain::recommend::{CatalogEntry, PrecomputedList, ScoredItem};
