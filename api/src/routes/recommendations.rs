@@ -184,19 +184,20 @@ pub async fn recommendations(
 
     let limit_time = Duration::from_millis(state.config.serving_timeout_ms);
     let experiment_key = running.map(Experiment::key);
-    let (context, fetched, mut lists) = match serving.cached_context(experiment_key, &user) {
+    let (context, fetched, mut lists, served) = match serving.cached_context(experiment_key, &user)
+    {
         // A returning user's arm is known before Redis is asked: fetch only its list.
         Some(context) => {
-            let algorithm = served_by(&plan, running, &user, &context).algorithm;
-            let lists = read_lists(&state, &[algorithm], &user, limit_time).await;
-            (Some(context), vec![algorithm], lists)
+            let served = served_by(&plan, running, &user, &context);
+            let lists = read_lists(&state, &[served.algorithm], &user, limit_time).await;
+            (Some(context), vec![served.algorithm], lists, Some(served))
         }
         None => {
             let (lists, context) = tokio::join!(
                 read_lists(&state, &plan.algorithms, &user, limit_time),
                 serving.user_context(experiment_key, &user, limit_time),
             );
-            (context, plan.algorithms.clone(), lists)
+            (context, plan.algorithms.clone(), lists, None)
         }
     };
     let read_context = context.as_deref();
@@ -206,7 +207,7 @@ pub async fn recommendations(
         assignment,
         arm,
         algorithm,
-    } = served_by(&plan, running, &user, context);
+    } = served.unwrap_or_else(|| served_by(&plan, running, &user, context));
     let list = fetched
         .iter()
         .position(|a| *a == algorithm)
