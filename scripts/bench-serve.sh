@@ -5,9 +5,10 @@
 # recommendations route again with the in-process list cache off, so every
 # request makes its Redis MGET, and with each impression its own Kafka record
 # (packing off), and with packs sent as plain JSON instead of LZ4 frames.
-# Prints rps, p50 and p99 of each, the ratios to the baseline, the api's peak
-# RSS, each process's share of the CPU, and per phase how many requests
-# missed the per-user caches (PostgreSQL reads, Redis MGETs).
+# Prints rps, p50 and p99 of each, the ratios to the baseline (of rps, and of
+# p99 per round), the api's peak RSS, each process's share of the CPU, and per
+# phase how many requests missed the per-user caches (PostgreSQL reads, Redis
+# MGETs) and how much of the machine the hypervisor took.
 #
 # Impressions go to a scratch broker on BENCH_KAFKA_PORT (default 59192) with
 # a store of its own, removed at the end; the local stack's broker is unused.
@@ -279,6 +280,12 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "ratio recommendations/live, round $round: $(echo "scale=2; $(rps "${recs_out[round]}") / $(rps "${live_out[round]}")" | bc)"
 done
 echo "ratio recommendations/live, all rounds: $(echo "scale=2; $recs_total / $live_total" | bc)"
+# The tail against the bare route's in the same round: on shared cores the
+# bare route's own p99 moves with the machine (steal, wrk, the broker), so
+# this says how much of the route's tail is the route's own.
+for round in $(seq 1 "$ROUNDS"); do
+  echo "p99 recommendations/live, round $round: $(echo "scale=2; $(field "${recs_out[round]}" 99%) / $(field "${live_out[round]}" 99%)" | bc)"
+done
 echo "ratio with the list cache off (to the mean baseline):   $(echo "scale=2; $(rps "$uncached") / $live_mean" | bc)"
 echo "ratio with impressions unpacked (to the mean baseline): $(echo "scale=2; $(rps "$unpacked") / $live_mean" | bc)"
 echo "ratio with packs uncompressed (to the mean baseline):   $(echo "scale=2; $(rps "$uncompressed") / $live_mean" | bc)"
