@@ -64,6 +64,14 @@ pub struct ApiConfig {
     /// Most users kept in that cache.
     #[arg(long, env = "MARQUEE_USER_CACHE_CAPACITY", default_value_t = 200_000)]
     pub user_cache_capacity: u64,
+    /// Reads of users' contexts the cache does not hold go to PostgreSQL in
+    /// batches, one statement for the users queued meanwhile; this many
+    /// statements may be in flight at once (each holds a pooled connection,
+    /// so keep it well under MARQUEE_DATABASE_MAX_CONNECTIONS). Fewer readers
+    /// make bigger batches: on two cores one or two did best, and two keep
+    /// reads moving while one statement is slow.
+    #[arg(long, env = "MARQUEE_USER_CONTEXT_READERS", default_value_t = 2)]
+    pub user_context_readers: usize,
     /// How long a user's precomputed list (or its absence) is reused from
     /// process memory before Redis is asked again, in milliseconds (0: always
     /// ask). When the model loop rewrites an algorithm's lists it says so on

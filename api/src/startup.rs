@@ -100,6 +100,7 @@ impl Application {
                 catalog: Duration::from_secs(config.catalog_refresh_s.max(1)),
                 hot: Duration::from_millis(config.hot_refresh_ms.max(50)),
                 impression_packing,
+                context_readers: config.user_context_readers,
             },
             background_stop.clone(),
         );

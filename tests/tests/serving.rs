@@ -253,6 +253,82 @@ async fn a_user_keeps_their_arm_when_weights_change_and_new_users_follow_them() 
     assert_eq!(body["arm"], "control", "the recorded arm sticks: {body}");
 }
 
+/// Users the cache does not hold are read from PostgreSQL in shared
+/// statements when their requests come together, and each answer still
+/// carries its own user's recorded arm and seen filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uncached_users_share_reads_and_each_gets_their_own_context() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    create_two_arm_experiment(&stack, "home").await;
+    let users: Vec<String> = (0..60).map(|i| format!("batched-{i}")).collect();
+    put_lists(&stack, &users).await;
+    // User i is recorded in control when i is even, else in treatment, and
+    // has seen one movie of each list (never the first), which one by i.
+    let seen_index = |i: usize| 1 + i % 9;
+    for (i, user) in users.iter().enumerate() {
+        let arm = if i % 2 == 0 { "control" } else { "treatment" };
+        sqlx::query(
+            "INSERT INTO assignments (experiment_key, user_id, arm_key) VALUES ('home', $1, $2)",
+        )
+        .bind(user)
+        .bind(arm)
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+        for movie in [POPULARITY_LIST[seen_index(i)], ALS_LIST[seen_index(i)]] {
+            sqlx::query(
+                "INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())",
+            )
+            .bind(Uuid::new_v4())
+            .bind(user)
+            .bind(movie)
+            .execute(&stack.stores.pg)
+            .await
+            .unwrap();
+        }
+    }
+    // No user cache, so every request reads; one reader, so reads that
+    // arrive while its statement is out queue up for the next one.
+    let api = spawn_api(&stack, |config| {
+        config.user_cache_ttl_ms = 0;
+        config.user_context_readers = 1;
+    })
+    .await;
+    let key = client_key(&stack).await;
+    let metrics = api.url("/metrics");
+    // Counters are per process and other tests run beside this one, serving
+    // one request at a time: only reads that shared a statement widen the gap.
+    let unshared = || async {
+        metric_total(&metrics, "marquee_user_context_reads_total").await
+            - metric_total(&metrics, "marquee_user_context_statements_total").await
+    };
+    let before = unshared().await;
+
+    let answers = futures::future::join_all(
+        users
+            .iter()
+            .map(|user| recommend(&api, &key, user, "?limit=5&experiment=home")),
+    )
+    .await;
+    for (i, (status, body)) in answers.into_iter().enumerate() {
+        assert_eq!(status, 200, "{body}");
+        let (arm, list) = if i % 2 == 0 {
+            ("control", POPULARITY_LIST)
+        } else {
+            ("treatment", ALS_LIST)
+        };
+        assert_eq!(body["arm"], arm, "user {i}: {body}");
+        let seen = list[seen_index(i)];
+        let expected: Vec<i64> = list.into_iter().filter(|&m| m != seen).take(5).collect();
+        assert_eq!(movie_ids(&body), expected, "user {i}: {body}");
+    }
+    assert!(
+        unshared().await > before,
+        "60 concurrent reads on one reader share statements"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posted_events_reach_kafka_and_invalid_ones_are_reported_by_index() {
     let stack = TestStack::fresh().await;

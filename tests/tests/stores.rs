@@ -223,3 +223,72 @@ async fn migrations_are_idempotent() {
     stack.stores.migrate().await.unwrap();
     stack.stores.migrate().await.unwrap();
 }
+
+/// One statement answers several users' contexts, each in the place it was
+/// asked for: a user asked twice gets two answers, an unknown one an empty one.
+#[tokio::test]
+async fn postgres_user_contexts_answer_each_user_in_order() {
+    use domain::ids::{ExperimentKey, MovieId, UserId};
+    use repositories::postgres::serving::PgServing;
+
+    let stack = TestStack::fresh().await;
+    let pg = &stack.stores.pg;
+    sqlx::query(
+        "INSERT INTO experiments (key, status, salt, policy, metric) VALUES ('home', 'running', 'home', 'fixed', 'ctr')",
+    )
+    .execute(pg)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO arms (experiment_key, arm_key, algorithm_key, weight, is_control, position) VALUES ('home', 'control', 'popularity', 1, true, 0)")
+        .execute(pg)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO assignments (experiment_key, user_id, arm_key) VALUES ('home', 'ann', 'control')")
+        .execute(pg)
+        .await
+        .unwrap();
+    for (table, user, movie) in [
+        ("views", "ann", 1_i64),
+        ("likes", "ann", 2),
+        ("views", "ann", 1),
+        ("views", "bob", 3),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())"
+        ))
+        .bind(Uuid::new_v4())
+        .bind(user)
+        .bind(movie)
+        .execute(pg)
+        .await
+        .unwrap();
+    }
+    let serving = PgServing::new(pg.clone(), Duration::from_secs(5));
+    let home = ExperimentKey::parse("home").unwrap();
+    let users: Vec<UserId> = ["ann", "nobody", "bob", "ann"]
+        .into_iter()
+        .map(|u| UserId::parse(u).unwrap())
+        .collect();
+
+    let contexts = serving.user_contexts(Some(&home), &users).await.unwrap();
+
+    let summary: Vec<(Option<String>, Vec<i64>)> = contexts
+        .iter()
+        .map(|c| {
+            let mut seen: Vec<i64> = c.seen.iter().map(|m| m.get()).collect();
+            seen.sort_unstable();
+            (c.sticky_arm.as_ref().map(|a| a.as_str().to_owned()), seen)
+        })
+        .collect();
+    let ann = (Some("control".to_owned()), vec![1, 2]);
+    assert_eq!(
+        summary,
+        vec![ann.clone(), (None, vec![]), (None, vec![3]), ann]
+    );
+    let single = serving
+        .user_context(None, &UserId::parse("ann").unwrap())
+        .await
+        .unwrap();
+    assert!(single.sticky_arm.is_none(), "no experiment, no arm");
+    assert!(single.seen.contains(&MovieId::parse(2).unwrap()));
+}

@@ -1,5 +1,5 @@
-//! Tasks that keep the serving snapshots fresh, drain the assignment queue
-//! and send the packed impressions.
+//! Tasks that keep the serving snapshots fresh, drain the assignment queue,
+//! answer the queued context reads and send the packed impressions.
 //!
 //! Each runs until the shutdown token is cancelled; the drainer then writes
 //! what is left, and [`flush_impressions`] sends and waits for the impressions
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::context_reads::{self, ContextReadMetrics};
 use super::{CatalogSnapshot, Serving, ServingQueues, FALLBACK_LEN};
 
 /// How far back the PostgreSQL popular list looks.
@@ -33,6 +34,8 @@ pub struct RefreshIntervals {
     /// How long impressions for one partition are packed before they are
     /// sent; zero sends each impression as its own record.
     pub impression_packing: Duration,
+    /// Batched user-context reads PostgreSQL may have in flight at once.
+    pub context_readers: usize,
 }
 
 /// Load every snapshot once, so the first request after startup is served
@@ -82,6 +85,16 @@ pub fn spawn(
         )));
         tasks.push(tokio::spawn(partition_refresher(
             serving.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let context_reads = Arc::new(tokio::sync::Mutex::new(queues.context_reads));
+    let context_metrics = ContextReadMetrics::register();
+    for _ in 0..intervals.context_readers.max(1) {
+        tasks.push(tokio::spawn(context_reads::reader(
+            serving.pg.clone(),
+            context_reads.clone(),
+            context_metrics.clone(),
             shutdown.clone(),
         )));
     }

@@ -7,6 +7,7 @@
 
 pub mod background;
 pub mod cache;
+pub mod context_reads;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +21,17 @@ use domain::recommend::{CatalogEntry, PrecomputedList, ScoredItem};
 use domain::serving::MovieMap;
 use repositories::kafka::{BufferedProducer, EventProducer, Refused};
 use repositories::postgres::serving::{NewAssignment, PgServing, UserContext};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use cache::{ExpiringCache, UserKey, UserKeyRef};
+use context_reads::{ContextRead, ContextReadError};
 
 /// Movies kept for the last-resort fallbacks (popular, any catalog movie).
 pub const FALLBACK_LEN: usize = 200;
+
+/// Context reads waiting for a reader; past this a request waits to queue,
+/// within its time limit for the read.
+const CONTEXT_QUEUE: usize = 4096;
 
 /// The catalog as the api serves it: titles by id and the fallback lists.
 #[derive(Debug, Default)]
@@ -104,6 +110,8 @@ pub struct Serving {
     pub experiments: Snapshot<HashMap<ExperimentKey, Experiment>>,
     pub hot: Snapshot<Vec<ScoredItem>>,
     assignments: mpsc::Sender<NewAssignment>,
+    /// Reads of users' contexts the cache did not hold, for the batching readers.
+    context_reads: mpsc::Sender<ContextRead>,
     pub metrics: ServingMetrics,
     /// Sticky arm and seen movies per (experiment, user), so a returning user
     /// costs no PostgreSQL round trip; `None` when disabled.
@@ -132,9 +140,11 @@ impl CacheSettings {
     }
 }
 
-/// The receiving end of the assignment queue, handed to its drainer.
+/// The receiving ends of the assignment and context-read queues, handed to
+/// the tasks that drain them.
 pub struct ServingQueues {
     pub assignments: mpsc::Receiver<NewAssignment>,
+    pub context_reads: mpsc::Receiver<ContextRead>,
 }
 
 /// Counters of the recommendations path, registered once: looking a metric
@@ -193,6 +203,7 @@ impl Serving {
         default_experiment: &str,
     ) -> (Self, ServingQueues) {
         let (assignments_tx, assignments_rx) = mpsc::channel(queue_len.max(1));
+        let (context_reads_tx, context_reads_rx) = mpsc::channel(CONTEXT_QUEUE);
         (
             Self {
                 default_experiment: ExperimentKey::parse(default_experiment).ok(),
@@ -203,6 +214,7 @@ impl Serving {
                 experiments: Snapshot::default(),
                 hot: Snapshot::default(),
                 assignments: assignments_tx,
+                context_reads: context_reads_tx,
                 user_contexts: user_cache.build(),
                 lists: list_cache.build(),
                 list_generation: AtomicU64::new(0),
@@ -210,6 +222,7 @@ impl Serving {
             },
             ServingQueues {
                 assignments: assignments_rx,
+                context_reads: context_reads_rx,
             },
         )
     }
@@ -304,9 +317,10 @@ impl Serving {
     }
 
     /// The user's sticky arm in `experiment` and the movies they saw, read
-    /// (and cached) by one PostgreSQL query bounded by `limit`. `None` when
-    /// the query failed or was too slow: the caller serves "no arm, nothing
-    /// seen" rather than failing, and nothing is cached.
+    /// from PostgreSQL (batched with other users' reads, see
+    /// [`context_reads`]) and cached, all within `limit`. `None` when the read
+    /// failed or was too slow: the caller serves "no arm, nothing seen"
+    /// rather than failing, and nothing is cached.
     pub async fn user_context(
         &self,
         experiment: Option<&ExperimentKey>,
@@ -314,7 +328,20 @@ impl Serving {
         limit: Duration,
     ) -> Option<Arc<UserContext>> {
         let key = UserKey::new(experiment.map(ExperimentKey::as_str), user.as_str());
-        match tokio::time::timeout(limit, self.pg.user_context(experiment, user)).await {
+        let read = async {
+            let (reply, answer) = oneshot::channel();
+            let queued = ContextRead {
+                experiment: experiment.cloned(),
+                user: user.clone(),
+                reply,
+            };
+            self.context_reads
+                .send(queued)
+                .await
+                .map_err(|_| ContextReadError::Stopped)?;
+            answer.await.map_err(|_| ContextReadError::Stopped)?
+        };
+        match tokio::time::timeout(limit, read).await {
             Ok(Ok(context)) => {
                 let context = Arc::new(context);
                 if let Some(cache) = &self.user_contexts {

@@ -1,5 +1,5 @@
 //! What the recommendations path reads from PostgreSQL: experiments to cache,
-//! the catalog to cache, one user's sticky arm and history, and the batched
+//! the catalog to cache, users' sticky arms and histories, and the batched
 //! write of new assignments (never on the request path itself).
 
 use std::collections::HashMap;
@@ -141,35 +141,66 @@ impl PgServing {
     }
 
     /// The user's recorded arm in `experiment` (if any) and the movies they
-    /// viewed or liked most recently (at most [`SEEN_LIMIT`] of each), in one
-    /// round trip on the `(user_id, ts DESC)` indexes.
+    /// viewed or liked most recently (at most [`SEEN_LIMIT`] of each).
     pub async fn user_context(
         &self,
         experiment: Option<&ExperimentKey>,
         user: &UserId,
     ) -> RepoResult<UserContext> {
-        let row: (Option<String>, Vec<i64>) = with_timeout(
-            "postgres user context",
+        let mut contexts = self
+            .user_contexts(experiment, std::slice::from_ref(user))
+            .await?;
+        Ok(contexts.pop().unwrap_or_default())
+    }
+
+    /// [`Self::user_context`] of several users in one statement, in the order
+    /// given (a user listed twice is answered twice): PostgreSQL's cost per
+    /// statement, not per user, is most of such a read, so the serving path
+    /// sends the users whose reads queued up meanwhile together. One round
+    /// trip on the `(user_id, ts DESC)` indexes and the assignments key.
+    pub async fn user_contexts(
+        &self,
+        experiment: Option<&ExperimentKey>,
+        users: &[UserId],
+    ) -> RepoResult<Vec<UserContext>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let rows: Vec<(i64, Option<String>, Vec<i64>)> = with_timeout(
+            "postgres user contexts",
             self.timeout,
             sqlx::query_as(
-                "SELECT (SELECT arm_key FROM assignments WHERE experiment_key = $1 AND user_id = $2), \
-                        ARRAY((SELECT movie_id FROM views WHERE user_id = $2 ORDER BY ts DESC LIMIT $3) \
-                              UNION (SELECT movie_id FROM likes WHERE user_id = $2 ORDER BY ts DESC LIMIT $3))",
+                "SELECT u.i, \
+                        (SELECT arm_key FROM assignments WHERE experiment_key = $1 AND user_id = u.user_id), \
+                        ARRAY((SELECT movie_id FROM views WHERE user_id = u.user_id ORDER BY ts DESC LIMIT $3) \
+                              UNION (SELECT movie_id FROM likes WHERE user_id = u.user_id ORDER BY ts DESC LIMIT $3)) \
+                 FROM unnest($2::text[]) WITH ORDINALITY AS u(user_id, i)",
             )
             .bind(experiment.map(ExperimentKey::as_str))
-            .bind(user.as_str())
+            .bind(&names)
             .bind(SEEN_LIMIT)
-            .fetch_one(&self.pool),
+            .fetch_all(&self.pool),
         )
         .await?;
-        Ok(UserContext {
-            sticky_arm: row.0.and_then(|a| ArmKey::parse(a).ok()),
-            seen: row
-                .1
-                .into_iter()
-                .filter_map(|m| MovieId::parse(m).ok())
-                .collect(),
-        })
+        let mut contexts = vec![UserContext::default(); users.len()];
+        for (ordinal, sticky_arm, seen) in rows {
+            // WITH ORDINALITY counts from 1.
+            let slot = usize::try_from(ordinal - 1)
+                .ok()
+                .and_then(|i| contexts.get_mut(i))
+                .ok_or_else(|| {
+                    RepoError::Corrupt(format!("user context row {ordinal} of {}", users.len()))
+                })?;
+            *slot = UserContext {
+                sticky_arm: sticky_arm.and_then(|a| ArmKey::parse(a).ok()),
+                seen: seen
+                    .into_iter()
+                    .filter_map(|m| MovieId::parse(m).ok())
+                    .collect(),
+            };
+        }
+        Ok(contexts)
     }
 
     /// Record assignments in one statement; an existing row wins (first arm sticks).
