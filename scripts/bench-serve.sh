@@ -3,12 +3,21 @@
 # connections, 2 threads) against GET /v1/users/{random user}/recommendations
 # and, in the same script as the baseline, against GET /health/live; then the
 # recommendations route again with the in-process list cache off, so every
-# request makes its Redis MGET, and with each impression its own Kafka record
+# request makes its Redis MGET, then with the user cache off too (and a
+# PostgreSQL read per request), and with each impression its own Kafka record
 # (packing off), and with packs sent as plain JSON instead of LZ4 frames.
 # Prints rps, p50 and p99 of each, the ratios to the baseline (of rps, and of
 # p99 per round), the api's peak RSS, each process's share of the CPU, and per
 # phase how many requests missed the per-user caches (PostgreSQL reads, Redis
-# MGETs) and how much of the machine the hypervisor took.
+# MGETs) and how much of the machine the hypervisor took. Beside wrk's p99,
+# the "api p99" column is read from the api's own latency histogram (routed
+# to answered): the part of the tail the route's work accounts for, without
+# the time requests queue for a core the api shares with wrk.
+#
+# API_CPUS and WRK_CPUS (taskset lists, e.g. API_CPUS=0-3 WRK_CPUS=4-7) pin the
+# api and wrk to cores of their own, for machines with cores to spare: the
+# client then stops competing with the server. On two cores (one each) it
+# did not lower the tail (see docs/serving.md).
 #
 # Impressions go to a scratch broker on BENCH_KAFKA_PORT (default 59192) with
 # a store of its own, removed at the end; the local stack's broker is unused.
@@ -93,7 +102,7 @@ w(cmd("ZADD", "bench-serve:hot:movies", *[x for m in range(1, 201) for x in (100
 PY
 
 start_api() {
-  env "$@" "${api_bin:-target/release/api}" serve >/tmp/marquee-bench-serve.log 2>&1 &
+  env "$@" ${API_CPUS:+taskset -c "$API_CPUS"} "${api_bin:-target/release/api}" serve >/tmp/marquee-bench-serve.log 2>&1 &
   api_pid=$!
   trap 'kill $api_pid 2>/dev/null || true; cleanup_broker' EXIT
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -114,22 +123,39 @@ function setup(thread)
 end
 local requests = {}
 local next_request = 0
+-- \`-- warm\`: each thread asks once for each user on its list, then for the
+-- bare route, so the measured phase (same seeds, same lists) finds every
+-- user it asks for in the per-user caches however slowly the cold requests
+-- went.
+local warm_only = false
+local bare = wrk.format("GET", "/health/live")
 function init(args)
+  warm_only = args[1] == "warm"
   math.randomseed(seed or 42)
-  for i = 1, 20000 do
-    requests[i] = wrk.format("GET", "/v1/users/u" .. math.random(0, $USERS - 1) .. "/recommendations?limit=10", { ["x-api-key"] = "$CLIENT_KEY" })
+  local listed = {}
+  for _ = 1, 20000 do
+    local user = math.random(0, $USERS - 1)
+    if not (warm_only and listed[user]) then
+      listed[user] = true
+      requests[#requests + 1] = wrk.format("GET", "/v1/users/u" .. user .. "/recommendations?limit=10", { ["x-api-key"] = "$CLIENT_KEY" })
+    end
   end
 end
 function request()
+  if warm_only and next_request >= #requests then
+    return bare
+  end
   next_request = next_request % #requests + 1
   return requests[next_request]
 end
 LUA
 curl -fsS -o /dev/null -H "x-api-key: $CLIENT_KEY" "http://127.0.0.1:$PORT/v1/users/u1/recommendations" || { tail -20 /tmp/marquee-bench-serve.log; exit 1; }
-# Warm-up: key cache, connection pools, page cache.
-warm() { wrk -t2 -c"$CONNECTIONS" -d3s -s "$lua" "http://127.0.0.1:$PORT" >/dev/null; }
+# Warm-up: key cache, connection pools, page cache, and each user the
+# measured phase asks for (the 80-100% of MARQUEE_USER_CACHE_TTL_MS, 30 s,
+# that an entry lives must outlast the warm-up and the phase together).
+warm() { ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t2 -c"$CONNECTIONS" -d4s -s "$lua" "http://127.0.0.1:$PORT" -- warm >/dev/null; }
 
-run() { wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
+run() { ${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@"; }
 # CPU seconds of every process (all its threads), as "pid name seconds". By
 # pid, not name: a kernel worker renames itself with the work it runs, and a
 # name missing from the first snapshot would count its whole lifetime as used
@@ -181,6 +207,31 @@ cache_counters() {
     /^marquee_list_memory_total\{.*result="miss"/ {l = $2}
     END {printf "%d %d\n", c, l}'
 }
+# The api's own latency histogram for one route (routed to answered, so
+# without the time a request waits in the socket or for a core before the
+# api reads it, nor the write back), cumulative `le count` lines summed over
+# statuses.
+route_buckets() {
+  { curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null || true; } | awk -v label="route=\"$1\"" '
+    /^marquee_http_request_duration_seconds_bucket\{/ && index($0, label) {
+      match($0, /le="[^"]*"/); n[substr($0, RSTART + 4, RLENGTH - 5)] += $NF
+    }
+    END {for (le in n) print le, n[le]}' | sort -g
+}
+# From two route_buckets snapshots: the share of the phase's requests the api
+# answered within 0.5, 1 and 5 ms, and the bucket bound its p99 falls under.
+served_within() {
+  awk 'NR == FNR {before[$1] = $2; next}
+    {les[++k] = $1; n[k] = $2 - before[$1]}
+    END {
+      total = n[k]; if (total <= 0) {print "-"; exit}
+      for (i = 1; i <= k; i++) {
+        if (les[i] == 0.0005 || les[i] == 0.001 || les[i] == 0.005) shares = shares sprintf(" %.2f%% within %g ms,", n[i] / total * 100, les[i] * 1000)
+        if (p99 == "" && n[i] >= 0.99 * total) p99 = les[i] * 1000
+      }
+      printf "%s|%s\n", p99, shares
+    }' <(echo "$1") <(echo "$2")
+}
 cpu_file="$(mktemp)"
 # One measured phase: wrk's output in $out_file, CPU shares in $cpu_file.
 phase() {
@@ -192,11 +243,17 @@ phase() {
     # PERF=1: a CPU profile of the api during this phase, for `perf report -i`.
     (sleep 3; perf record -F 499 --call-graph dwarf,16384 -p "$api_pid" -o target/bench-serve.perf.data -- sleep 8 >/dev/null 2>&1) &
   fi
-  local before after
+  local before after route buckets_before served
+  route="/v1/users/{user_id}/recommendations"
+  [ "${label#/health/live}" = "$label" ] || route="/health/live"
   before="$(cache_counters)"
+  buckets_before="$(route_buckets "$route")"
   run "$@" >"$out_file"
   after="$(cache_counters)"
+  served="$(served_within "$buckets_before" "$(route_buckets "$route")")"
+  echo "api_p99_at_most ${served%%|*}" >>"$out_file"
   wait "$sampler"
+  echo "[bench]   inside the api (routed to answered):${served#*|} p99 at most ${served%%|*} ms"
   awk '$1 == "(idle)" {i = $2} $1 == "(steal)" {t = $2} END {printf "[bench]   machine idle %s, stolen by the hypervisor %s (100%% = one core)\n", i, t}' "$cpu_file"
   echo "$before $after" | awk '{printf "[bench]   cache misses during the phase: user contexts %d (PostgreSQL reads), lists %d (Redis MGETs)\n", $3 - $1, $4 - $2}'
 }
@@ -226,6 +283,14 @@ start_api MARQUEE_LIST_CACHE_TTL_MS=0
 warm
 phase "recommendations, list cache off" -s "$lua" "http://127.0.0.1:$PORT"
 uncached="$(cat "$out_file")"
+stop_api
+# Both per-user caches off: every request reads PostgreSQL and Redis, as a
+# user's first request does (and most requests where users come back less
+# often than the cache lifetimes).
+start_api MARQUEE_LIST_CACHE_TTL_MS=0 MARQUEE_USER_CACHE_TTL_MS=0
+warm
+phase "recommendations, user and list caches off" -s "$lua" "http://127.0.0.1:$PORT"
+cold_users="$(cat "$out_file")"
 stop_api
 # The same route with each impression its own Kafka record (no packing).
 start_api MARQUEE_IMPRESSION_PACKING_MS=0
@@ -263,8 +328,9 @@ to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms
 field() { echo "$1" | awk -v k="$2" '$1 == k {print $2}' | to_ms; }
 rps() { echo "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
 errors() { echo "$1" | awk '/Non-2xx|Socket errors/ {print}' ; }
-row() { printf '%-52s %10s %9s %9s\n' "$1" "$(rps "$2")" "$(field "$2" 50%)" "$(field "$2" 99%)"; }
-printf '\n%-52s %10s %9s %9s\n' "route" "rps" "p50 ms" "p99 ms"
+api_p99() { echo "$1" | awk '$1 == "api_p99_at_most" {print "<= " $2}'; }
+row() { printf '%-52s %10s %9s %9s %14s\n' "$1" "$(rps "$2")" "$(field "$2" 50%)" "$(field "$2" 99%)" "$(api_p99 "$2")"; }
+printf '\n%-52s %10s %9s %9s %14s\n' "route" "rps" "p50 ms" "p99 ms" "api p99 ms"
 recs_total=0; live_total=0
 for round in $(seq 1 "$ROUNDS"); do
   row "GET /v1/users/{id}/recommendations (round $round)" "${recs_out[round]}"
@@ -273,6 +339,7 @@ for round in $(seq 1 "$ROUNDS"); do
   live_total=$((live_total + $(rps "${live_out[round]}")))
 done
 row "recommendations, list cache off (every MGET)" "$uncached"
+row "recommendations, both caches off (+ every PG read)" "$cold_users"
 row "recommendations, one Kafka record per impression" "$unpacked"
 row "recommendations, packs as plain JSON (no LZ4)" "$uncompressed"
 live_mean=$((live_total / ROUNDS))
@@ -287,6 +354,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "p99 recommendations/live, round $round: $(echo "scale=2; $(field "${recs_out[round]}" 99%) / $(field "${live_out[round]}" 99%)" | bc)"
 done
 echo "ratio with the list cache off (to the mean baseline):   $(echo "scale=2; $(rps "$uncached") / $live_mean" | bc)"
+echo "ratio with both caches off (to the mean baseline):     $(echo "scale=2; $(rps "$cold_users") / $live_mean" | bc)"
 echo "ratio with impressions unpacked (to the mean baseline): $(echo "scale=2; $(rps "$unpacked") / $live_mean" | bc)"
 echo "ratio with packs uncompressed (to the mean baseline):   $(echo "scale=2; $(rps "$uncompressed") / $live_mean" | bc)"
 echo "api peak RSS: $((rss_kb / 1024)) MiB"
@@ -303,9 +371,9 @@ echo "$unpacked_cpu"
 echo "CPU per process, recommendations with packs uncompressed:"
 echo "$uncompressed_cpu"
 if [ "${#compare_rows[@]}" -gt 0 ]; then
-  printf '\nalternated builds, recommendations route\n%-52s %10s %9s %9s\n' "api" "rps" "p50 ms" "p99 ms"
+  printf '\nalternated builds, recommendations route\n%-52s %10s %9s %9s %14s\n' "api" "rps" "p50 ms" "p99 ms" "api p99 ms"
   for entry in "${compare_rows[@]}"; do row "${entry%%|*}" "${entry#*|}"; done
 fi
 for round in $(seq 1 "$ROUNDS"); do errors "${recs_out[round]}"; errors "${live_out[round]}"; done
 for entry in "${compare_rows[@]}"; do errors "${entry#*|}"; done
-errors "$uncached"; errors "$unpacked"; errors "$uncompressed"
+errors "$uncached"; errors "$cold_users"; errors "$unpacked"; errors "$uncompressed"
