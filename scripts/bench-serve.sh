@@ -255,7 +255,11 @@ phase() {
   wait "$sampler"
   echo "[bench]   inside the api (routed to answered):${served#*|} p99 at most ${served%%|*} ms"
   awk '$1 == "(idle)" {i = $2} $1 == "(steal)" {t = $2} END {printf "[bench]   machine idle %s, stolen by the hypervisor %s (100%% = one core)\n", i, t}' "$cpu_file"
-  echo "$before $after" | awk '{printf "[bench]   cache misses during the phase: user contexts %d (PostgreSQL reads), lists %d (Redis MGETs)\n", $3 - $1, $4 - $2}'
+  case "$label" in
+    *"caches off"*) echo "[bench]   caches off: every request reads its user's context from PostgreSQL (batched) and its list from Redis" ;;
+    *"list cache off"*) echo "$before $after" | awk '{printf "[bench]   list cache off: every request reads Redis; user context misses %d (PostgreSQL reads)\n", $3 - $1}' ;;
+    *) echo "$before $after" | awk '{printf "[bench]   cache misses during the phase: user contexts %d (PostgreSQL reads), lists %d (Redis MGETs)\n", $3 - $1, $4 - $2}' ;;
+  esac
 }
 out_file="$(mktemp)"
 # ROUNDS alternating pairs, so drift on a shared machine (other load, the
