@@ -124,6 +124,12 @@ pub async fn spawn_api(stack: &TestStack, adjust: impl FnOnce(&mut ApiConfig)) -
 /// `url` (0 if it has none).
 pub async fn metric_total(url: &str, name: &str) -> f64 {
     let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+    metric_total_in(&page, name)
+}
+
+/// [`metric_total`] on a page already fetched: several metrics read from
+/// one page are one instant's values.
+pub fn metric_total_in(page: &str, name: &str) -> f64 {
     page.lines()
         .filter(|line| line.split(['{', ' ']).next() == Some(name))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -13,7 +13,7 @@ use marquee_tests::cuttable_proxy::CuttableProxy;
 use marquee_tests::events_topic::{consumer, partition_of, read_until};
 use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
-use marquee_tests::{eventually, metric_total, spawn_api, TestApi, TestStack};
+use marquee_tests::{eventually, metric_total, metric_total_in, spawn_api, TestApi, TestStack};
 use repositories::postgres::api_keys::{self, Role};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -289,26 +289,41 @@ async fn concurrent_uncached_users_share_reads_and_each_gets_their_own_context()
         }
     }
     // No user cache, so every request reads; one reader, so reads that
-    // arrive while its statement is out queue up for the next one.
+    // arrive while its statement is out queue up for the next one. A read
+    // past the serving time limit would degrade its answer: this test is
+    // about whose context each answer carries, not about latency.
     let api = spawn_api(&stack, |config| {
         config.user_cache_ttl_ms = 0;
         config.user_context_readers = 1;
+        config.serving_timeout_ms = 10_000;
     })
     .await;
     let key = client_key(&stack).await;
+    // The key is looked up once here, not by all 60 requests at once.
+    assert_eq!(recommend(&api, &key, "warm-up", "").await.0, 200);
     let metrics = api.url("/metrics");
     // Counters are per process and other tests run beside this one, serving
-    // one request at a time: only reads that shared a statement widen the gap.
+    // one request at a time: only reads that shared a statement widen the
+    // gap. Both counters from one page, so no read falls between them.
     let unshared = || async {
-        metric_total(&metrics, "marquee_user_context_reads_total").await
-            - metric_total(&metrics, "marquee_user_context_statements_total").await
+        let page = api
+            .client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_total_in(&page, "marquee_user_context_reads_total")
+            - metric_total_in(&page, "marquee_user_context_statements_total")
     };
     let before = unshared().await;
 
     let answers = futures::future::join_all(
         users
             .iter()
-            .map(|user| recommend(&api, &key, user, "?limit=5&experiment=home")),
+            .map(|user| recommend(&api, &key, user, "?limit=9&experiment=home")),
     )
     .await;
     for (i, (status, body)) in answers.into_iter().enumerate() {
@@ -320,7 +335,9 @@ async fn concurrent_uncached_users_share_reads_and_each_gets_their_own_context()
         };
         assert_eq!(body["arm"], arm, "user {i}: {body}");
         let seen = list[seen_index(i)];
-        let expected: Vec<i64> = list.into_iter().filter(|&m| m != seen).take(5).collect();
+        // All nine movies the user has not seen: another user's filter would
+        // show wherever their seen movie sits in the list.
+        let expected: Vec<i64> = list.into_iter().filter(|&m| m != seen).collect();
         assert_eq!(movie_ids(&body), expected, "user {i}: {body}");
     }
     assert!(
