@@ -285,10 +285,16 @@ async fn postgres_user_contexts_answer_each_user_in_order() {
         summary,
         vec![ann.clone(), (None, vec![]), (None, vec![3]), ann]
     );
-    let single = serving
-        .user_context(None, &UserId::parse("ann").unwrap())
+    let without_experiment = serving
+        .user_contexts(None, &[UserId::parse("ann").unwrap()])
         .await
         .unwrap();
-    assert!(single.sticky_arm.is_none(), "no experiment, no arm");
-    assert!(single.seen.contains(&MovieId::parse(2).unwrap()));
+    assert_eq!(without_experiment.len(), 1);
+    assert!(
+        without_experiment[0].sticky_arm.is_none(),
+        "no experiment, no arm"
+    );
+    assert!(without_experiment[0]
+        .seen
+        .contains(&MovieId::parse(2).unwrap()));
 }

@@ -140,24 +140,13 @@ impl PgServing {
             .collect())
     }
 
-    /// The user's recorded arm in `experiment` (if any) and the movies they
-    /// viewed or liked most recently (at most [`SEEN_LIMIT`] of each).
-    pub async fn user_context(
-        &self,
-        experiment: Option<&ExperimentKey>,
-        user: &UserId,
-    ) -> RepoResult<UserContext> {
-        let mut contexts = self
-            .user_contexts(experiment, std::slice::from_ref(user))
-            .await?;
-        Ok(contexts.pop().unwrap_or_default())
-    }
-
-    /// [`Self::user_context`] of several users in one statement, in the order
-    /// given (a user listed twice is answered twice): PostgreSQL's cost per
-    /// statement, not per user, is most of such a read, so the serving path
-    /// sends the users whose reads queued up meanwhile together. One round
-    /// trip on the `(user_id, ts DESC)` indexes and the assignments key.
+    /// Each user's recorded arm in `experiment` (if any) and the movies they
+    /// viewed or liked most recently (at most [`SEEN_LIMIT`] of each), in the
+    /// order given (a user listed twice is answered twice). One statement for
+    /// all: PostgreSQL's cost per statement, not per user, is most of such a
+    /// read, so the serving path sends the users whose reads queued up
+    /// meanwhile together. One round trip on the `(user_id, ts DESC)` indexes
+    /// and the assignments key.
     pub async fn user_contexts(
         &self,
         experiment: Option<&ExperimentKey>,
