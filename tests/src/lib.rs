@@ -123,8 +123,20 @@ pub async fn spawn_api(stack: &TestStack, adjust: impl FnOnce(&mut ApiConfig)) -
 /// The sum of every series of the metric `name` on the Prometheus page at
 /// `url` (0 if it has none).
 pub async fn metric_total(url: &str, name: &str) -> f64 {
-    let page = reqwest::get(url).await.unwrap().text().await.unwrap();
-    metric_total_in(&page, name)
+    metric_total_in(&metrics_page(url).await, name)
+}
+
+/// The Prometheus page at `url`, as text.
+pub async fn metrics_page(url: &str) -> String {
+    reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// [`metric_total`] on a page already fetched: several metrics read from

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use marquee_tests::private_redis::{free_port, PrivateRedis};
-use marquee_tests::{eventually, spawn_api, TestStack};
+use marquee_tests::{eventually, metrics_page, spawn_api, TestStack};
 use serde_json::Value;
 
 async fn ready(client: &reqwest::Client, url: &str) -> (u16, Value) {
@@ -82,15 +82,7 @@ async fn metrics_and_openapi_are_served() {
         .send()
         .await
         .unwrap();
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_page(&api.url("/metrics")).await;
     assert!(metrics.contains("marquee_http_requests_total"), "{metrics}");
     let spec: Value = api
         .client

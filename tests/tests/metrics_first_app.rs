@@ -7,7 +7,7 @@
 //! test binaries an earlier test's app has always installed the recorder.
 
 use marquee_tests::fixtures::create_two_arm_experiment;
-use marquee_tests::{spawn_api, TestStack};
+use marquee_tests::{metrics_page, spawn_api, TestStack};
 
 /// Counters the recommendations path registers up front, and one of its labels.
 const SERVING_COUNTERS: [&str; 5] = [
@@ -36,15 +36,7 @@ async fn the_first_api_in_a_process_exports_its_serving_counters() {
         .unwrap();
     assert_eq!(served.status().as_u16(), 200);
 
-    let text = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_page(&api.url("/metrics")).await;
     let missing: Vec<_> = SERVING_COUNTERS
         .iter()
         .filter(|counter| !text.lines().any(|line| line.starts_with(*counter)))

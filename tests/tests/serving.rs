@@ -13,7 +13,9 @@ use marquee_tests::cuttable_proxy::CuttableProxy;
 use marquee_tests::events_topic::{consumer, partition_of, read_until};
 use marquee_tests::fixtures::create_two_arm_experiment;
 use marquee_tests::private_redis::{free_port, PrivateRedis};
-use marquee_tests::{eventually, metric_total, metric_total_in, spawn_api, TestApi, TestStack};
+use marquee_tests::{
+    eventually, metric_total, metric_total_in, metrics_page, spawn_api, TestApi, TestStack,
+};
 use repositories::postgres::api_keys::{self, Role};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -59,6 +61,16 @@ async fn put_lists(stack: &TestStack, users: &[String]) {
     let _: () = pipe.query_async(&mut conn).await.unwrap();
 }
 
+async fn record_view(stack: &TestStack, user: &str, movie: i64) {
+    sqlx::query("INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())")
+        .bind(Uuid::new_v4())
+        .bind(user)
+        .bind(movie)
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+}
+
 async fn client_key(stack: &TestStack) -> String {
     api_keys::create(&stack.stores.pg, Role::Client, "serving-test")
         .await
@@ -97,15 +109,7 @@ async fn lists_come_from_the_arm_minus_seen_and_impressions_reach_kafka() {
     // Every user has seen the second movie of both lists.
     for user in &users {
         for movie in [2_i64, 12] {
-            sqlx::query(
-                "INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())",
-            )
-            .bind(Uuid::new_v4())
-            .bind(user)
-            .bind(movie)
-            .execute(&stack.stores.pg)
-            .await
-            .unwrap();
+            record_view(&stack, user, movie).await;
         }
     }
     let api = spawn_api(&stack, |_| {}).await;
@@ -277,15 +281,7 @@ async fn concurrent_uncached_users_share_reads_and_each_gets_their_own_context()
         .await
         .unwrap();
         for movie in [POPULARITY_LIST[seen_index(i)], ALS_LIST[seen_index(i)]] {
-            sqlx::query(
-                "INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, $2, $3, now())",
-            )
-            .bind(Uuid::new_v4())
-            .bind(user)
-            .bind(movie)
-            .execute(&stack.stores.pg)
-            .await
-            .unwrap();
+            record_view(&stack, user, movie).await;
         }
     }
     // No user cache, so every request reads; one reader, so reads that
@@ -306,15 +302,7 @@ async fn concurrent_uncached_users_share_reads_and_each_gets_their_own_context()
     // one request at a time: only reads that shared a statement widen the
     // gap. Both counters from one page, so no read falls between them.
     let unshared = || async {
-        let page = api
-            .client
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = metrics_page(&metrics).await;
         metric_total_in(&page, "marquee_user_context_reads_total")
             - metric_total_in(&page, "marquee_user_context_statements_total")
     };
