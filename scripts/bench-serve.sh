@@ -199,20 +199,24 @@ cpu_during_run() {
   echo "$ticks_before $(idle_steal_ticks)" | awk -v d="$span" -v hz="$(getconf CLK_TCK)" \
     '{printf "  %-16s %5.0f%%\n  %-16s %5.0f%%\n", "(idle)", ($3 - $1) / hz / d * 100, "(steal)", ($4 - $2) / hz / d * 100}'
 }
-# The api's cache counters: misses of the per-user caches mean PostgreSQL
-# reads (user contexts) and Redis MGETs (lists) on the request path.
+# The api's Prometheus page (empty if it cannot be read): one fetch per
+# snapshot, so the counters and histogram below are of the same instant.
+api_metrics() { curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null || true; }
+# From an api_metrics page on stdin, the api's cache counters: misses of the
+# per-user caches mean PostgreSQL reads (user contexts) and Redis MGETs
+# (lists) on the request path.
 cache_counters() {
-  { curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null || true; } | awk '
+  awk '
     /^marquee_user_context_total\{.*result="miss"/ {c = $2}
     /^marquee_list_memory_total\{.*result="miss"/ {l = $2}
     END {printf "%d %d\n", c, l}'
 }
-# The api's own latency histogram for one route (routed to answered, so
-# without the time a request waits in the socket or for a core before the
-# api reads it, nor the write back), cumulative `le count` lines summed over
-# statuses.
+# From an api_metrics page on stdin, the api's own latency histogram for one
+# route (routed to answered, so without the time a request waits in the
+# socket or for a core before the api reads it, nor the write back),
+# cumulative `le count` lines summed over statuses.
 route_buckets() {
-  { curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null || true; } | awk -v label="route=\"$1\"" '
+  awk -v label="route=\"$1\"" '
     /^marquee_http_request_duration_seconds_bucket\{/ && index($0, label) {
       match($0, /le="[^"]*"/); n[substr($0, RSTART + 4, RLENGTH - 5)] += $NF
     }
@@ -243,14 +247,15 @@ phase() {
     # PERF=1: a CPU profile of the api during this phase, for `perf report -i`.
     (sleep 3; perf record -F 499 --call-graph dwarf,16384 -p "$api_pid" -o target/bench-serve.perf.data -- sleep 8 >/dev/null 2>&1) &
   fi
-  local before after route buckets_before served
+  local before after route page_before page_after served
   route="/v1/users/{user_id}/recommendations"
   [ "${label#/health/live}" = "$label" ] || route="/health/live"
-  before="$(cache_counters)"
-  buckets_before="$(route_buckets "$route")"
+  page_before="$(api_metrics)"
   run "$@" >"$out_file"
-  after="$(cache_counters)"
-  served="$(served_within "$buckets_before" "$(route_buckets "$route")")"
+  page_after="$(api_metrics)"
+  before="$(cache_counters <<<"$page_before")"
+  after="$(cache_counters <<<"$page_after")"
+  served="$(served_within "$(route_buckets "$route" <<<"$page_before")" "$(route_buckets "$route" <<<"$page_after")")"
   echo "api_p99_at_most ${served%%|*}" >>"$out_file"
   wait "$sampler"
   echo "[bench]   inside the api (routed to answered):${served#*|} p99 at most ${served%%|*} ms"
