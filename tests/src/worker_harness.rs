@@ -35,6 +35,11 @@ use crate::TestStack;
 pub fn worker_config(stack: &TestStack) -> WorkerConfig {
     let mut config = WorkerConfig::from_env().expect("worker config defaults parse");
     config.stack = stack.settings.clone();
+    // A consumer group of its own, as the topic is: tests sharing the default
+    // group across their topics left it, in Tansu, with members that never
+    // got this test's partitions (seen: a worker that joined and then read
+    // nothing for 60 s, every rerun, until the broker was restarted).
+    config.group_id = format!("marquee-worker-{}", stack.id);
     config.metrics_host = "127.0.0.1".into();
     config.metrics_port = 0;
     config.migrate_on_start = false;
