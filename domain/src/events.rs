@@ -220,6 +220,7 @@ impl RawEvent {
                 ("experiment", self.experiment.is_some()),
                 ("arm", self.arm.is_some()),
                 ("algorithm", self.algorithm.is_some()),
+                ("model_version", self.model_version.is_some()),
                 ("items", self.items.is_some()),
             ] {
                 if present {
@@ -687,6 +688,13 @@ mod tests {
                     ..click()
                 },
                 "arm",
+            ),
+            (
+                RawEvent {
+                    model_version: Some("v9".into()),
+                    ..click()
+                },
+                "model_version",
             ),
             (
                 RawEvent {
