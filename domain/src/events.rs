@@ -189,6 +189,15 @@ impl RawEvent {
         if ts > now + rules.max_future_skew {
             return Err(ValidationError::new("ts", "is too far in the future"));
         }
+        // ClickHouse's DateTime starts at the epoch and PostgreSQL's timestamptz
+        // at 4713 BC: an earlier stamp is a client's error, and accepted it
+        // would fail every write of its batch (or be stored as 1970).
+        if ts < DateTime::UNIX_EPOCH {
+            return Err(ValidationError::new(
+                "ts",
+                "must not be before 1970-01-01T00:00:00Z",
+            ));
+        }
         if let Some(value) = self.value {
             if !value.is_finite() {
                 return Err(ValidationError::new("value", "must be a finite number"));
@@ -688,6 +697,20 @@ mod tests {
                     ..click()
                 },
                 "arm",
+            ),
+            (
+                RawEvent {
+                    ts: Some(DateTime::UNIX_EPOCH - Duration::seconds(1)),
+                    ..click()
+                },
+                "ts",
+            ),
+            (
+                RawEvent {
+                    ts: "-5000-01-01T00:00:00Z".parse().ok(),
+                    ..click()
+                },
+                "ts",
             ),
             (
                 RawEvent {
