@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use domain::events::EventKind;
-use domain::ports::pipeline::{BatchId, EventStore, IngestLedger, StoredEvent};
+use domain::ports::pipeline::{BatchId, EventStore, IngestLedger, StoreError, StoredEvent};
 use marquee_tests::worker_harness::{action, clickhouse_raw_rows};
 use marquee_tests::TestStack;
+use repositories::clickhouse::Analytics;
 use repositories::postgres::ingest::PgIngestLedger;
+use tokio::sync::{Notify, Semaphore};
 
 fn events(n: usize) -> Vec<StoredEvent> {
     (0..n)
@@ -132,5 +135,137 @@ async fn a_second_writer_waits_for_a_live_writers_lease() {
         claimed.is_empty(),
         "the live writer wrote them: {claimed:?}"
     );
+    assert_eq!(clickhouse_raw_rows(&stack).await, 30);
+}
+
+/// ClickHouse behind a gate: the first `batch_present` waits until the test
+/// opens it, holding its caller inside the resolution of a pending batch.
+struct GatedStore {
+    inner: Analytics,
+    entered: Notify,
+    gate: Semaphore,
+}
+
+#[async_trait]
+impl EventStore for GatedStore {
+    async fn insert_batch(&self, batch: BatchId, events: &[StoredEvent]) -> Result<(), StoreError> {
+        self.inner.insert_batch(batch, events).await
+    }
+
+    async fn batch_present(&self, batch: BatchId) -> Result<bool, StoreError> {
+        self.entered.notify_one();
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+        }
+        self.inner.batch_present(batch).await
+    }
+}
+
+/// Advisory locks some session of this test's database is waiting for.
+async fn waiting_advisory_locks(stack: &TestStack) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&stack.stores.pg)
+    .await
+    .unwrap()
+}
+
+/// Two workers meet the events of a batch whose writer died. The first aborts
+/// that batch and takes the events; the second, which read the old owner
+/// before the first committed, must not take them from the first as well (both
+/// would write them to ClickHouse): it waits for the first writer's lease and
+/// then finds them written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
+    let stack = TestStack::fresh().await;
+    let batch = events(30);
+    let dead = BatchId::new_random();
+    {
+        let mut dying = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+        dying
+            .claim(dead, &batch, &stack.stores.analytics)
+            .await
+            .unwrap();
+    }
+
+    let gated = Arc::new(GatedStore {
+        inner: stack.stores.analytics.clone(),
+        entered: Notify::new(),
+        gate: Semaphore::new(0),
+    });
+    let first_batch = BatchId::new_random();
+    let first = {
+        let (pg, gated, batch) = (stack.stores.pg.clone(), gated.clone(), batch.clone());
+        tokio::spawn(async move {
+            let mut ledger = PgIngestLedger::new(&pg, Duration::from_secs(5));
+            let claimed = ledger
+                .claim(first_batch, &batch, gated.as_ref())
+                .await
+                .unwrap();
+            (ledger, claimed)
+        })
+    };
+    // The first worker now holds the dead batch's resolution lock.
+    tokio::time::timeout(Duration::from_secs(20), gated.entered.notified())
+        .await
+        .expect("the first worker resolves the dead batch");
+
+    let second = {
+        let (pg, store, batch) = (
+            stack.stores.pg.clone(),
+            stack.stores.analytics.clone(),
+            batch.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ledger = PgIngestLedger::new(&pg, Duration::from_secs(5));
+            ledger
+                .claim(BatchId::new_random(), &batch, &store)
+                .await
+                .unwrap()
+        })
+    };
+    // The second has read the dead batch as the owner and queues behind the first.
+    let queued = tokio::time::Instant::now() + Duration::from_secs(20);
+    while waiting_advisory_locks(&stack).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < queued,
+            "the second worker never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    gated.gate.add_permits(1);
+    let (mut first_ledger, first_claimed) = first.await.unwrap();
+    assert_eq!(first_claimed.len(), 30, "nothing of the dead batch landed");
+    assert_eq!(status(&stack, dead).await, "aborted");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "the second worker must wait for the first one's lease, not take its events"
+    );
+    stack
+        .stores
+        .analytics
+        .insert_batch(first_batch, &batch)
+        .await
+        .unwrap();
+    first_ledger.mark_written(first_batch).await.unwrap();
+    let second_claimed = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the second worker finishes once the first has written")
+        .unwrap();
+    assert!(
+        second_claimed.is_empty(),
+        "the first worker wrote them: {second_claimed:?}"
+    );
+    let owners: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT batch_id FROM ingested_events")
+            .fetch_all(&stack.stores.pg)
+            .await
+            .unwrap();
+    assert_eq!(owners, vec![first_batch.as_uuid()]);
     assert_eq!(clickhouse_raw_rows(&stack).await, 30);
 }

@@ -43,6 +43,10 @@ fn lock_key(batch: BatchId) -> i32 {
     i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
+/// Times one claim follows ids to a new owner batch before giving up (and
+/// being retried): each round means another worker took them meanwhile.
+const MAX_OWNER_ROUNDS: usize = 5;
+
 /// Longest a claim may take, waiting for another worker's lease included.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -243,13 +247,21 @@ async fn claim_on(
     .await?;
     let mut new: HashSet<Uuid> = inserted.into_iter().collect();
 
-    if new.len() < ids.len() {
-        let conflicted: Vec<Uuid> = ids.iter().filter(|id| !new.contains(id)).copied().collect();
+    // Ids another batch holds: a written batch keeps them (duplicates); an
+    // aborted one gives them to this batch. Only ids still held by the batch
+    // just resolved move: a worker that resolved it first may have taken them
+    // since, and they are then resolved again against their new owner (whose
+    // lease this claim waits for), never taken from it.
+    let mut contested: Vec<Uuid> = ids.iter().filter(|id| !new.contains(id)).copied().collect();
+    for _ in 0..MAX_OWNER_ROUNDS {
+        if contested.is_empty() {
+            break;
+        }
         let owners: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
             "SELECT e.event_id, e.batch_id, b.status FROM ingested_events e \
              JOIN ingest_batches b ON b.batch_id = e.batch_id WHERE e.event_id = ANY($1)",
         )
-        .bind(&conflicted)
+        .bind(&contested)
         .fetch_all(&mut *tx)
         .await?;
         let mut by_batch: HashMap<Uuid, (String, Vec<Uuid>)> = HashMap::new();
@@ -260,27 +272,39 @@ async fn claim_on(
                 .1
                 .push(event_id);
         }
-        let mut reclaim: Vec<Uuid> = Vec::new();
+        contested.clear();
         for (owner, (status, owned)) in by_batch {
             let status = if status == "pending" {
                 resolve_pending(&mut tx, BatchId::from(owner), store).await?
             } else {
                 status
             };
-            if status == "aborted" {
-                reclaim.extend(owned);
+            if status != "aborted" {
+                continue;
             }
-        }
-        if !reclaim.is_empty() {
-            sqlx::query(
-                "UPDATE ingested_events SET batch_id = $2, ingested_at = now() WHERE event_id = ANY($1)",
+            let moved: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE ingested_events SET batch_id = $2, ingested_at = now() \
+                 WHERE event_id = ANY($1) AND batch_id = $3 RETURNING event_id",
             )
-            .bind(&reclaim)
+            .bind(&owned)
             .bind(batch.as_uuid())
-            .execute(&mut *tx)
+            .bind(owner)
+            .fetch_all(&mut *tx)
             .await?;
-            new.extend(reclaim);
+            let moved: HashSet<Uuid> = moved.into_iter().collect();
+            contested.extend(owned.iter().filter(|id| !moved.contains(id)));
+            new.extend(moved);
         }
+    }
+    if !contested.is_empty() {
+        return Err(ClaimError::Store(StoreError::new(
+            "postgres",
+            true,
+            format!(
+                "{} event ids changed batch {MAX_OWNER_ROUNDS} times during one claim",
+                contested.len()
+            ),
+        )));
     }
 
     let fresh: Vec<&StoredEvent> = events
