@@ -298,3 +298,51 @@ async fn postgres_user_contexts_answer_each_user_in_order() {
         .seen
         .contains(&MovieId::parse(2).unwrap()));
 }
+
+/// An event attributed to two experiments is two rows in `events` (one per
+/// experiment, for the per-arm counts) but one interaction of its movie.
+#[tokio::test]
+async fn an_event_attributed_to_two_experiments_counts_once_for_its_movie() {
+    use domain::events::{Attribution, EventKind};
+    use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
+    use domain::ports::pipeline::{BatchId, EventStore, StoredEvent};
+    use marquee_tests::worker_harness::action;
+
+    let stack = TestStack::fresh().await;
+    let attributed = |experiment: &str| Attribution {
+        experiment: ExperimentKey::parse(experiment).unwrap(),
+        arm: ArmKey::parse("a").unwrap(),
+        algorithm: AlgorithmKey::parse("als").unwrap(),
+        position: None,
+    };
+    let mut click = StoredEvent::new(action(EventKind::Click, "u1", Some(7), None));
+    click.attributions = vec![attributed("home"), attributed("search")];
+    let view = StoredEvent::new(action(EventKind::View, "u2", Some(7), None));
+    stack
+        .stores
+        .analytics
+        .insert_batch(BatchId::new_random(), &[click, view])
+        .await
+        .unwrap();
+
+    let raw: u64 = stack
+        .stores
+        .analytics
+        .client()
+        .query("SELECT count() FROM events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(raw, 3, "the click is one row per experiment");
+    let hot = stack.stores.analytics.hot_movies(3_600, 10).await.unwrap();
+    assert_eq!(hot, vec![(7, 2.0)], "one click and one view of movie 7");
+    let (clicks, views): (u64, u64) = stack
+        .stores
+        .analytics
+        .client()
+        .query("SELECT sum(clicks), sum(views) FROM movie_hourly WHERE movie_id = 7")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!((clicks, views), (1, 1));
+}

@@ -26,6 +26,11 @@ pub static MIGRATIONS: &[(u32, &str, &str)] = &[
         "arm_user",
         include_str!("../../../migrations/clickhouse/0004_arm_user.sql"),
     ),
+    (
+        5,
+        "movie_hourly_once_per_event",
+        include_str!("../../../migrations/clickhouse/0005_movie_hourly_once_per_event.sql"),
+    ),
 ];
 
 /// Split a migration file into statements: 18.16's HTTP interface takes one at a time.
