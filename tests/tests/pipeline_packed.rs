@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+use domain::events::{Event, EventKind};
 use marquee_tests::worker_harness::{
-    mixed_events, produce_raw, produce_with_encoding, producer, read_dead_letters, spawn_worker,
-    wait_for_events, wait_for_zero_lag,
+    action, clickhouse_raw_rows, impression, items, mixed_events, produce_raw,
+    produce_with_encoding, producer, read_dead_letters, spawn_worker, wait_for_events,
+    wait_for_zero_lag,
 };
 use marquee_tests::TestStack;
 use repositories::kafka::encoding::{RecordEncoder, RecordEncoding};
@@ -167,6 +169,71 @@ async fn a_record_that_does_not_decode_is_dead_lettered_whole_and_the_partition_
         letters[0]["payload"].is_string() || letters[0]["payload_base64"].is_string(),
         "{}",
         letters[0]
+    );
+    worker.stop().await;
+}
+
+/// A batch of packed records can hold more events than one ClickHouse insert
+/// should take (an insert is atomic only within one block): it is stored in
+/// several ledger batches, each event once, and a click is attributed to an
+/// impression that sits in a later part of the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_insert_is_stored_in_parts_each_event_once() {
+    let stack = TestStack::fresh().await;
+    let group = format!("parts-{}", stack.id);
+    let worker = spawn_worker(&stack, |c| {
+        c.group_id = group.clone();
+        c.batch_size = 50;
+        c.max_events_per_insert = 30;
+    })
+    .await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+
+    // Each user's click comes in the first record; the impression it acts on
+    // in the last one, some 200 events later.
+    let impressions: Vec<Event> = (0..20)
+        .map(|u| impression(&format!("u{u}"), "home", "treatment", "als", items(100, 3)))
+        .collect();
+    let clicks: Vec<Event> = impressions
+        .iter()
+        .map(|i| action(EventKind::Click, i.user_id.as_str(), Some(101), i.request_id))
+        .collect();
+    let filler = mixed_events(200, 40, 11);
+    let mut records = Vec::new();
+    for events in [clicks.as_slice(), &filler[..100], &filler[100..], &impressions] {
+        let wire: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
+        records.push((
+            "parts".to_owned(),
+            domain::events::record_of(wire.iter().map(Vec::as_slice)),
+        ));
+    }
+    produce_raw(&producer, &topic, &records).await;
+
+    let (_, unique) = wait_for_events(&stack, 240, Duration::from_secs(60)).await;
+    assert_eq!(unique, 240);
+    let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
+    assert_eq!(lag, 0, "every record consumed");
+    assert_eq!(clickhouse_raw_rows(&stack).await, 240, "each event once");
+    let (batches, written): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'written') FROM ingest_batches",
+    )
+    .fetch_one(&stack.stores.pg)
+    .await
+    .unwrap();
+    assert!(batches >= 8, "240 events in parts of 30: {batches} ledger batches");
+    assert_eq!(written, batches, "every part written");
+    let unattributed: u64 = stack
+        .stores
+        .analytics
+        .client()
+        .query("SELECT count() FROM events WHERE type = 'click' AND request_id != '' AND experiment_key = ''")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        unattributed, 0,
+        "clicks stored before their impressions' part are attributed"
     );
     worker.stop().await;
 }

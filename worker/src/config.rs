@@ -11,10 +11,16 @@ pub struct WorkerConfig {
     /// Consumer group of the event pipeline; every worker of a deployment shares it.
     #[arg(long, env = "MARQUEE_WORKER_GROUP", default_value = "marquee-worker")]
     pub group_id: String,
-    /// Most messages in one batch (one ClickHouse insert, one ledger
-    /// transaction); a batch waiting for impressions may take in as many again.
+    /// Most messages in one batch (one ClickHouse insert and one ledger
+    /// transaction per `max_events_per_insert` events); a batch waiting for
+    /// impressions may take in as many again.
     #[arg(long, env = "MARQUEE_WORKER_BATCH_SIZE", default_value_t = 10_000)]
     pub batch_size: usize,
+    /// Most events per ClickHouse insert and ledger transaction: a batch of
+    /// packed impressions holding more is stored in several, each atomic
+    /// (an insert is atomic only below ClickHouse's 1,048,576-row blocks).
+    #[arg(long, env = "MARQUEE_WORKER_MAX_EVENTS_PER_INSERT", default_value_t = crate::consumer::MAX_EVENTS_PER_INSERT)]
+    pub max_events_per_insert: usize,
     /// Longest a batch waits to fill after its first message, in milliseconds
     /// (a batch waiting for impressions waits up to the attribution grace more).
     #[arg(long, env = "MARQUEE_WORKER_BATCH_MAX_WAIT_MS", default_value_t = 250)]

@@ -9,7 +9,8 @@
 //! 2. drop duplicates within the batch, then those the Redis fast path knows;
 //! 3. claim the rest in the PostgreSQL ledger (one transaction, with the
 //!    users/views/likes history) — ids already claimed are duplicates;
-//! 4. attribute and insert the new events into ClickHouse in one insert;
+//! 4. attribute and insert the new events into ClickHouse in one insert
+//!    (per `max_events_per_insert` events: steps 2-5 run per chunk);
 //! 5. mark the batch written, remember its ids in Redis;
 //! 6. only then commit the batch's offsets.
 //!
@@ -63,6 +64,14 @@ const QUIET: Duration = Duration::from_millis(5);
 /// alone does not bound the batch's memory.
 const MAX_BATCH_BYTES: usize = 32 << 20;
 
+/// Default events per ledger batch and ClickHouse insert. An insert is atomic only
+/// while it is one block (ClickHouse cuts blocks at `max_insert_block_size`,
+/// 1,048,576 rows), and a batch of LZ4-packed impressions can decode to more
+/// events than that; an event is one row per experiment it is attributed
+/// to, so this leaves room for ten each. A batch larger than this is stored
+/// in several ledger batches, each atomic, before its offsets are committed.
+pub const MAX_EVENTS_PER_INSERT: usize = 100_000;
+
 impl Msg {
     fn len(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len)
@@ -84,6 +93,8 @@ impl Msg {
 pub struct PipelineSettings {
     pub topic: String,
     pub batch_size: usize,
+    /// Events per ledger batch and ClickHouse insert; see [`MAX_EVENTS_PER_INSERT`].
+    pub max_events_per_insert: usize,
     pub batch_max_wait: Duration,
     /// See `WorkerConfig::attribution_grace_ms`; zero turns the wait off.
     pub attribution_grace: Duration,
@@ -407,11 +418,23 @@ struct Stored {
     attribution: AttributionCounts,
 }
 
+impl Stored {
+    fn add(&mut self, other: Stored) {
+        self.written += other.written;
+        self.cache_duplicates += other.cache_duplicates;
+        self.ledger_duplicates += other.ledger_duplicates;
+        self.attribution.attributed += other.attribution.attributed;
+        self.attribution.unattributed += other.attribution.unattributed;
+        self.attribution.sticky += other.attribution.sticky;
+    }
+}
+
 impl Sinks {
     /// Steps 2-5 of the module docs for `events` (unique ids); idempotent, so
     /// a failed attempt is simply run again.
+    /// The batch's impressions must have been remembered first (see
+    /// [`Attributor::remember`]).
     async fn store(&mut self, events: &[StoredEvent]) -> Result<Stored, StoreError> {
-        self.attributor.remember(events).await?;
         let ids: Vec<EventId> = events.iter().map(|e| e.event.id).collect();
         let seen = self.dedup.seen(&ids).await?;
         let fresh: Vec<StoredEvent> = events
@@ -565,14 +588,20 @@ impl Pipeline {
         events.retain(|e| unique.insert(e.event.id));
         let batch_duplicates = before - events.len();
 
-        let stored = if events.is_empty() {
-            Stored::default()
-        } else {
-            match retry!(self.intake, self.sinks.store(&events)) {
-                Some(stored) => stored,
-                None => return Outcome::Abandoned,
+        let mut stored = Stored::default();
+        if !events.is_empty() {
+            // Every impression of the batch is known before any chunk is
+            // attributed: a click may precede its impression in the batch.
+            if retry!(self.intake, self.sinks.attributor.remember(&events)).is_none() {
+                return Outcome::Abandoned;
             }
-        };
+            for chunk in events.chunks(self.settings.max_events_per_insert.max(1)) {
+                match retry!(self.intake, self.sinks.store(chunk)) {
+                    Some(part) => stored.add(part),
+                    None => return Outcome::Abandoned,
+                }
+            }
+        }
         self.intake.commit(batch).await;
 
         metrics::counter!("marquee_worker_records_consumed_total").increment(batch.len() as u64);

@@ -185,6 +185,7 @@ impl Worker {
             PipelineSettings {
                 topic: kafka.events_topic.clone(),
                 batch_size: config.batch_size.max(1),
+                max_events_per_insert: config.max_events_per_insert.max(1),
                 batch_max_wait: config.batch_max_wait(),
                 attribution_grace: Duration::from_millis(config.attribution_grace_ms),
                 dedup_ttl_s: config.dedup_ttl_s,
