@@ -159,6 +159,10 @@ impl EventStore for GatedStore {
         }
         self.inner.batch_present(batch).await
     }
+
+    async fn batch_in_flight(&self, batch: BatchId) -> Result<bool, StoreError> {
+        self.inner.batch_in_flight(batch).await
+    }
 }
 
 /// Advisory locks some session of this test's database is waiting for.
@@ -268,4 +272,126 @@ async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
             .unwrap();
     assert_eq!(owners, vec![first_batch.as_uuid()]);
     assert_eq!(clickhouse_raw_rows(&stack).await, 30);
+}
+
+/// An INSERT of `batch`'s rows under the query id the worker gives its
+/// inserts, sent over raw HTTP with a chunked body whose end the test
+/// decides: the server runs the query while the body keeps coming, as it
+/// does for a writer that timed out waiting for a slow insert.
+/// Rows the slow insert sends before it holds.
+const FIRST_ROWS: usize = 5;
+
+struct SlowInsert {
+    stream: tokio::net::TcpStream,
+}
+
+impl SlowInsert {
+    async fn start(stack: &TestStack, batch: BatchId, events: &[StoredEvent]) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let url = reqwest::Url::parse(&stack.settings.clickhouse_url).unwrap();
+        let address = format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        );
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let query = format!(
+            "/?database={}&query_id={}&query=INSERT%20INTO%20events%20(event_id%2C%20type%2C%20user_id%2C%20model_version%2C%20batch_id)%20FORMAT%20TabSeparated",
+            stack.settings.clickhouse_database,
+            batch.as_uuid()
+        );
+        let head = format!(
+            "POST {query} HTTP/1.1\r\nHost: clickhouse\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut insert = Self { stream };
+        // 18.16 starts the query once it has read the first MiB of the
+        // body (or all of it): the first row carries a padded model version.
+        insert
+            .send_rows(batch, &events[..FIRST_ROWS], &"v".repeat(1 << 20))
+            .await;
+        insert
+    }
+
+    /// One chunk of rows, the first with `first_version` as its model version.
+    async fn send_rows(&mut self, batch: BatchId, events: &[StoredEvent], first_version: &str) {
+        use tokio::io::AsyncWriteExt;
+        let rows: String = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                format!(
+                    "{}\tview\t{}\t{}\t{}\n",
+                    e.event.id.as_uuid(),
+                    e.event.user_id.as_str(),
+                    if i == 0 { first_version } else { "v1" },
+                    batch.as_uuid()
+                )
+            })
+            .collect();
+        let chunk = format!("{:x}\r\n{rows}\r\n", rows.len());
+        self.stream.write_all(chunk.as_bytes()).await.unwrap();
+    }
+
+    /// End the body and return the server's status line.
+    async fn finish(mut self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(b"0\r\n\r\n").await.unwrap();
+        let mut answer = vec![0; 512];
+        let n = self.stream.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A writer gave up waiting for its ClickHouse insert (a timeout) and let its
+/// lease go, but the server is still writing the batch. The next claim of its
+/// events must neither declare the batch absent (the insert would then land
+/// beside the events' second write) nor present: it fails, to be retried,
+/// until the insert has ended, and then finds the events written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_insert_is_still_running_is_not_resolved_until_it_ends() {
+    let stack = TestStack::fresh().await;
+    let store = stack.stores.analytics.clone();
+    let batch = events(20);
+    let slow = BatchId::new_random();
+    let mut writer = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    writer.claim(slow, &batch, &store).await.unwrap();
+    let mut insert = SlowInsert::start(&stack, slow, &batch).await;
+    let started = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !store.batch_in_flight(slow).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < started,
+            "the insert never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The writer's wait timed out: it gives up its lease.
+    writer.abandon(slow).await;
+
+    let mut next = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    let refused = next
+        .claim(BatchId::new_random(), &batch, &store)
+        .await
+        .unwrap_err();
+    assert!(refused.transient, "{refused}");
+    assert!(refused.to_string().contains("still being inserted"), "{refused}");
+    assert_eq!(status(&stack, slow).await, "pending");
+
+    insert.send_rows(slow, &batch[FIRST_ROWS..], "v1").await;
+    let answer = insert.finish().await;
+    assert!(answer.contains("200"), "{answer}");
+    let claimed = next
+        .claim(BatchId::new_random(), &batch, &store)
+        .await
+        .unwrap();
+    assert!(
+        claimed.is_empty(),
+        "the slow insert wrote them: {claimed:?}"
+    );
+    assert_eq!(status(&stack, slow).await, "written");
+    assert_eq!(clickhouse_raw_rows(&stack).await, 20);
 }

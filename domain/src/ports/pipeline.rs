@@ -150,6 +150,10 @@ pub trait EventStore: Send + Sync {
     async fn insert_batch(&self, batch: BatchId, events: &[StoredEvent]) -> Result<(), StoreError>;
     /// Whether rows of `batch` are present (the insert either landed whole or not at all).
     async fn batch_present(&self, batch: BatchId) -> Result<bool, StoreError>;
+    /// Whether the store is still running an insert of `batch`: one its writer
+    /// stopped waiting for (a timeout) may yet land, so until it ends the
+    /// batch can be declared neither present nor absent.
+    async fn batch_in_flight(&self, batch: BatchId) -> Result<bool, StoreError>;
 }
 
 /// The durable record of which event ids reached the event store (PostgreSQL).

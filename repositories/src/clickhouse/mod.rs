@@ -75,16 +75,42 @@ impl Analytics {
 
     /// Insert a batch of events as one INSERT (one part, atomic below a million rows).
     pub async fn insert_events(&self, rows: &[EventRow]) -> RepoResult<()> {
+        self.insert_events_as(rows, None).await
+    }
+
+    /// [`Self::insert_events`] under the server-side `query_id` given, so
+    /// that [`Self::query_running`] can tell whether it is still running
+    /// after the client stopped waiting for it.
+    pub async fn insert_events_as(&self, rows: &[EventRow], query_id: Option<&str>) -> RepoResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let fut = async {
             let mut insert = self.client.insert::<EventRow>("events").await?;
+            if let Some(id) = query_id {
+                insert = insert.with_setting("query_id", id);
+            }
             for row in rows {
                 insert.write(row).await?;
             }
             insert.end().await
         };
         crate::error::with_timeout("clickhouse insert", self.settings.timeout, fut).await
+    }
+
+    /// Whether the server is still running a query of this `query_id`: an
+    /// insert the client gave up on (timed out) can still land afterwards.
+    pub async fn query_running(&self, query_id: &str) -> RepoResult<bool> {
+        let query = self
+            .client
+            .query("SELECT count() FROM system.processes WHERE query_id = ?")
+            .bind(query_id);
+        let running: u64 = crate::error::with_timeout(
+            "clickhouse process probe",
+            self.settings.timeout,
+            query.fetch_one(),
+        )
+        .await?;
+        Ok(running > 0)
     }
 }

@@ -111,11 +111,16 @@ impl EventStore for Analytics {
             .iter()
             .flat_map(|e| event_rows(batch, e, now))
             .collect();
-        Ok(self.insert_events(&rows).await?)
+        let query_id = batch.as_uuid().to_string();
+        Ok(self.insert_events_as(&rows, Some(&query_id)).await?)
     }
 
     async fn batch_present(&self, batch: BatchId) -> Result<bool, StoreError> {
         Ok(self.batch_row_count(batch).await? > 0)
+    }
+
+    async fn batch_in_flight(&self, batch: BatchId) -> Result<bool, StoreError> {
+        Ok(self.query_running(&batch.as_uuid().to_string()).await?)
     }
 }
 

@@ -347,6 +347,16 @@ async fn resolve_pending(
     if status != "pending" {
         return Ok(status);
     }
+    // A writer whose insert timed out has given up its lease, but the
+    // store may still be writing the batch: decided now, it could land
+    // after being declared absent and its events be written twice.
+    if store.batch_in_flight(owner).await? {
+        return Err(ClaimError::Store(StoreError::new(
+            "clickhouse",
+            true,
+            format!("batch {owner} is still being inserted; its events wait for it"),
+        )));
+    }
     let present = store.batch_present(owner).await?;
     let status = if present { "written" } else { "aborted" };
     tracing::warn!(batch = %owner, status, "resolved a batch its writer left pending");
