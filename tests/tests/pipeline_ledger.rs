@@ -378,7 +378,10 @@ async fn a_batch_whose_insert_is_still_running_is_not_resolved_until_it_ends() {
         .await
         .unwrap_err();
     assert!(refused.transient, "{refused}");
-    assert!(refused.to_string().contains("still being inserted"), "{refused}");
+    assert!(
+        refused.to_string().contains("still being inserted"),
+        "{refused}"
+    );
     assert_eq!(status(&stack, slow).await, "pending");
 
     insert.send_rows(slow, &batch[FIRST_ROWS..], "v1").await;

@@ -197,11 +197,23 @@ async fn a_batch_larger_than_one_insert_is_stored_in_parts_each_event_once() {
         .collect();
     let clicks: Vec<Event> = impressions
         .iter()
-        .map(|i| action(EventKind::Click, i.user_id.as_str(), Some(101), i.request_id))
+        .map(|i| {
+            action(
+                EventKind::Click,
+                i.user_id.as_str(),
+                Some(101),
+                i.request_id,
+            )
+        })
         .collect();
     let filler = mixed_events(200, 40, 11);
     let mut records = Vec::new();
-    for events in [clicks.as_slice(), &filler[..100], &filler[100..], &impressions] {
+    for events in [
+        clicks.as_slice(),
+        &filler[..100],
+        &filler[100..],
+        &impressions,
+    ] {
         let wire: Vec<Vec<u8>> = events.iter().map(Event::to_json).collect();
         records.push((
             "parts".to_owned(),
@@ -221,7 +233,10 @@ async fn a_batch_larger_than_one_insert_is_stored_in_parts_each_event_once() {
     .fetch_one(&stack.stores.pg)
     .await
     .unwrap();
-    assert!(batches >= 8, "240 events in parts of 30: {batches} ledger batches");
+    assert!(
+        batches >= 8,
+        "240 events in parts of 30: {batches} ledger batches"
+    );
     assert_eq!(written, batches, "every part written");
     let unattributed: u64 = stack
         .stores

@@ -23,7 +23,9 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
     /// 1 to `MARQUEE_MAX_EVENTS_PER_BATCH` (1,000) events, each
-    /// `{event_id (uuid), type (click|view|like|conversion), user_id, movie_id?, request_id?, ts?, value?}`.
+    /// `{event_id (uuid), type (click|view|like|conversion), user_id, movie_id?, request_id?, ts?, value?}`;
+    /// `movie_id` is required except on conversions, `ts` (RFC 3339, default
+    /// now) must lie between 1970 and five minutes from now, `value` must be finite.
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<serde_json::Value>,
 }

@@ -81,7 +81,11 @@ impl Analytics {
     /// [`Self::insert_events`] under the server-side `query_id` given, so
     /// that [`Self::query_running`] can tell whether it is still running
     /// after the client stopped waiting for it.
-    pub async fn insert_events_as(&self, rows: &[EventRow], query_id: Option<&str>) -> RepoResult<()> {
+    pub async fn insert_events_as(
+        &self,
+        rows: &[EventRow],
+        query_id: Option<&str>,
+    ) -> RepoResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
