@@ -33,10 +33,11 @@ pub fn event_row(experiment: &str, kind: &str, user: &str, arm: &str, position: 
     }
 }
 
-/// A running fixed 50/50 experiment with arms `control` (popularity) and `treatment` (als).
+/// A running fixed 50/50 experiment with arms `control` (popularity) and
+/// `treatment` (als), started as `POST /v1/experiments/{key}/start` does.
 pub async fn create_two_arm_experiment(stack: &TestStack, key: &str) {
     sqlx::query(
-        "INSERT INTO experiments (key, status, salt, policy, metric, started_at) VALUES ($1, 'running', $1, 'fixed', 'ctr', now())",
+        "INSERT INTO experiments (key, status, salt, policy, metric) VALUES ($1, 'draft', $1, 'fixed', 'ctr')",
     )
     .bind(key)
     .execute(&stack.stores.pg)
@@ -50,6 +51,20 @@ pub async fn create_two_arm_experiment(stack: &TestStack, key: &str) {
     .execute(&stack.stores.pg)
     .await
     .expect("insert arms");
+    let started = repositories::postgres::experiments::set_status(
+        &stack.stores.pg,
+        key,
+        domain::experiment::ExperimentStatus::Running,
+    )
+    .await
+    .expect("start the experiment");
+    assert!(
+        matches!(
+            started,
+            Some(repositories::postgres::experiments::Change::Done(_))
+        ),
+        "{key} started"
+    );
 }
 
 /// Control: `control_users` × 5 impressions, the first 20% click once at position 0.

@@ -174,8 +174,7 @@ pub async fn load_results(
         return Err(ApiError::bad_request("from", "must not be after `to`"));
     }
     let window = DayWindow { from, to };
-    // Reweights leave rows in weight_history; the initial split may too, with reason `initial`.
-    let weights_changed = history.iter().any(|(_, _, _, reason)| reason != "initial");
+    let weights_changed = split_changed(&history);
     let whole_run = from_given.is_none() && to_given.is_none();
     let analytics = &state.stores.analytics;
     let experiment_key = key.as_str();
@@ -311,4 +310,58 @@ pub async fn load_results(
             })
             .collect(),
     })
+}
+
+/// Whether the split moved during the experiment: its history (rows of
+/// arm, weight, time, reason, by time) holds more than one distinct set of
+/// weights. Starting records the starting split (reason `start`) and each
+/// reweight a new one; a fixed experiment, started once or again with the
+/// same weights, has one split, so its sample ratio can be checked.
+fn split_changed(history: &[(String, f64, DateTime<Utc>, String)]) -> bool {
+    let mut splits: Vec<Vec<(&str, f64)>> = Vec::new();
+    let mut current: Option<(DateTime<Utc>, &str)> = None;
+    for (arm, weight, at, reason) in history {
+        if current != Some((*at, reason.as_str())) {
+            current = Some((*at, reason.as_str()));
+            splits.push(Vec::new());
+        }
+        if let Some(split) = splits.last_mut() {
+            split.push((arm.as_str(), *weight));
+        }
+    }
+    let Some((first, rest)) = splits.split_first() else {
+        return false;
+    };
+    let same = |a: &[(&str, f64)], b: &[(&str, f64)]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|((arm_a, w_a), (arm_b, w_b))| arm_a == arm_b && (w_a - w_b).abs() < 1e-9)
+    };
+    rest.iter().any(|split| !same(first, split))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_second_distinct_split_counts_as_a_change() {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let t1 = t0 + chrono::Duration::seconds(60);
+        let row =
+            |arm: &str, weight, at, reason: &str| (arm.to_owned(), weight, at, reason.to_owned());
+        let started = vec![row("a", 0.5, t0, "start"), row("b", 0.5, t0, "start")];
+        assert!(!split_changed(&[]));
+        assert!(!split_changed(&started), "the start alone");
+        let mut restarted = started.clone();
+        restarted.extend([row("a", 0.5, t1, "start"), row("b", 0.5, t1, "start")]);
+        assert!(
+            !split_changed(&restarted),
+            "started again with the same split"
+        );
+        let mut reweighted = started;
+        reweighted.extend([row("a", 0.7, t1, "thompson"), row("b", 0.3, t1, "thompson")]);
+        assert!(split_changed(&reweighted));
+    }
 }
