@@ -82,10 +82,22 @@ function legend(container, names) {
   container.append(box);
 }
 
+// The lift to read for one arm: pooled and relative while the weights held;
+// once they moved, pooling mixes periods of different splits (Simpson's
+// paradox), so the day-stratified absolute lift is shown instead.
+function headlineLift(c) {
+  if (c.stratified) {
+    const s = c.stratified;
+    return { mid: s.estimate, ci: s.ci, p: s.p_value, chance: s.chance_to_beat, format: (v) => `${v >= 0 ? "+" : ""}${(v * 100).toFixed(2)} pp` };
+  }
+  const p = c.pooled;
+  return { mid: p.rel_lift, ci: p.rel_ci, p: p.p_value, chance: p.chance_to_beat, format: (v) => pct(v, 1) };
+}
+
 // Point estimate with a CI whisker per arm; green when the CI is above 0, red when below.
 function liftChart(container, comparisons) {
   const rows = comparisons
-    .map((c) => ({ arm: c.arm, mid: c.pooled.rel_lift, ci: c.pooled.rel_ci }))
+    .map((c) => ({ arm: c.arm, ...headlineLift(c) }))
     .filter((r) => r.mid !== null && r.ci);
   const width = 420, rowHeight = 40, top = 16, left = 90, right = 56;
   const height = Math.max(180, top + Math.max(rows.length, 1) * rowHeight + 24);
@@ -100,14 +112,14 @@ function liftChart(container, comparisons) {
   const pad = (hi - lo) * 0.1 || 0.1;
   const x = (v) => left + ((v - (lo - pad)) / (hi - lo + 2 * pad)) * (width - left - right);
   chart.append(svg("line", { class: "axis", x1: x(0), x2: x(0), y1: top - 8, y2: height - 20 }));
-  chart.append(svg("text", { x: x(0), y: height - 6, "text-anchor": "middle" }, "0%"));
+  chart.append(svg("text", { x: x(0), y: height - 6, "text-anchor": "middle" }, "0"));
   rows.forEach((r, i) => {
     const y = top + i * rowHeight + rowHeight / 2;
     const color = r.ci.low > 0 ? "#15803d" : r.ci.high < 0 ? "#b91c1c" : "#6b7280";
     chart.append(svg("text", { x: left - 8, y: y + 4, "text-anchor": "end" }, r.arm));
     chart.append(svg("line", { x1: x(r.ci.low), x2: x(r.ci.high), y1: y, y2: y, stroke: color, "stroke-width": 3 }));
     chart.append(svg("circle", { cx: x(r.mid), cy: y, r: 5, fill: color }));
-    chart.append(svg("text", { x: x(r.ci.high) + 6, y: y + 4 }, pct(r.mid, 1)));
+    chart.append(svg("text", { x: x(r.ci.high) + 6, y: y + 4 }, r.format(r.mid)));
   });
   container.append(chart);
 }
@@ -191,15 +203,15 @@ async function renderDetail(key, experiment) {
   body.replaceChildren();
   for (const arm of report.arms) {
     const c = comparisons[arm.arm];
-    const lift = c ? c.pooled : null;
+    const lift = c ? headlineLift(c) : null;
     const row = el("tr", { "data-arm": arm.arm });
-    const liftCell = el("td", {}, lift && lift.rel_lift !== null ? pct(lift.rel_lift, 1) : arm.is_control ? "control" : "–");
-    if (lift && lift.rel_ci) liftCell.className = lift.rel_ci.low > 0 ? "good" : lift.rel_ci.high < 0 ? "bad" : "";
+    const liftCell = el("td", {}, lift && lift.mid !== null ? lift.format(lift.mid) : arm.is_control ? "control" : "–");
+    if (lift && lift.ci) liftCell.className = lift.ci.low > 0 ? "good" : lift.ci.high < 0 ? "bad" : "";
     row.append(
       el("td", {}, arm.arm), el("td", {}, arm.algorithm), el("td", {}, pct(arm.weight, 1)), el("td", {}, num(arm.users)),
       el("td", {}, num(arm.impressions)), el("td", {}, num(arm.clicks)), el("td", {}, ci(arm.ctr)), el("td", {}, ci(arm.conversion)),
-      liftCell, el("td", {}, lift && lift.p_value !== null ? lift.p_value.toFixed(4) : "–"),
-      el("td", {}, lift && lift.chance_to_beat !== null ? pct(lift.chance_to_beat, 1) : "–"),
+      liftCell, el("td", {}, lift && lift.p !== null && lift.p !== undefined ? lift.p.toFixed(4) : "–"),
+      el("td", {}, lift && lift.chance !== null && lift.chance !== undefined ? pct(lift.chance, 1) : "–"),
     );
     body.append(row);
   }
@@ -223,7 +235,7 @@ async function renderDetail(key, experiment) {
   lineChart(document.getElementById("chart-weights"), "weights", weightSeries, { step: true, yMax: 1, format: (v) => pct(v, 0) });
   document.getElementById("method").textContent =
     report.method === "pooled" ? "Lifts pool all traffic: the weights did not change in this window."
-      : "Weights changed in this window: lifts compare arms within each day and combine them (inverse-variance), see docs/statistics.md.";
+      : "Weights changed during the experiment: lifts are absolute (percentage points), compared within each day and combined (inverse-variance), see docs/statistics.md.";
   document.getElementById("detail").hidden = false;
   document.body.setAttribute("data-ready", "detail");
 }

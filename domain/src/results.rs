@@ -255,14 +255,13 @@ pub fn arms_csv(report: &ResultsReport) -> String {
     let mut out = String::from(
         "arm,algorithm,is_control,weight,users,impressions,clicks,conversions,ctr,ctr_ci_low,ctr_ci_high,\
          conversion_rate,conversion_ci_low,conversion_ci_high,abs_lift,abs_lift_ci_low,abs_lift_ci_high,\
-         rel_lift,p_value,chance_to_beat_control,expected_loss\n",
+         rel_lift,p_value,chance_to_beat_control,expected_loss,\
+         stratified_abs_lift,stratified_ci_low,stratified_ci_high,stratified_p_value,stratified_chance_to_beat\n",
     );
     for arm in &report.arms {
-        let comparison = report
-            .comparisons
-            .iter()
-            .find(|c| c.arm == arm.arm)
-            .map(|c| &c.pooled);
+        let compared = report.comparisons.iter().find(|c| c.arm == arm.arm);
+        let comparison = compared.map(|c| &c.pooled);
+        let stratified = compared.and_then(|c| c.stratified.as_ref());
         let cols = [
             arm.arm.to_string(),
             arm.algorithm.to_string(),
@@ -285,6 +284,11 @@ pub fn arms_csv(report: &ResultsReport) -> String {
             opt(comparison.and_then(|c| c.p_value)),
             opt(comparison.and_then(|c| c.chance_to_beat)),
             opt(comparison.and_then(|c| c.expected_loss)),
+            opt(stratified.and_then(|s| s.estimate)),
+            opt(stratified.and_then(|s| s.ci.map(|i| i.low))),
+            opt(stratified.and_then(|s| s.ci.map(|i| i.high))),
+            opt(stratified.and_then(|s| s.p_value)),
+            opt(stratified.and_then(|s| s.chance_to_beat)),
         ];
         out.push_str(&cols.join(","));
         out.push('\n');

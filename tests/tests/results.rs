@@ -178,3 +178,80 @@ async fn unknown_experiment_and_bad_dates_are_4xx() {
         }
     }
 }
+
+/// Once the split has moved (a reweight after the start), pooling mixes
+/// periods of different splits: the route reports the day-stratified lift,
+/// leaves out the sample-ratio check (the split is not one ratio any more),
+/// and the CSV and the dashboard headline carry the stratified numbers.
+#[tokio::test]
+async fn a_reweighted_experiment_reports_and_exports_the_stratified_lift() {
+    let stack = TestStack::fresh().await;
+    create_two_arm_experiment(&stack, "home").await;
+    sqlx::query(
+        "INSERT INTO weight_history (experiment_key, arm_key, weight, reason, computed_at) VALUES \
+         ('home', 'control', 0.3, 'thompson', now() + interval '1 second'), \
+         ('home', 'treatment', 0.7, 'thompson', now() + interval '1 second')",
+    )
+    .execute(&stack.stores.pg)
+    .await
+    .unwrap();
+    stack
+        .stores
+        .analytics
+        .insert_events(&simulated_rows("home", 200, 220))
+        .await
+        .unwrap();
+    let api = spawn_api(&stack, |_| {}).await;
+    let get = |path: &str| {
+        api.client
+            .get(api.url(path))
+            .header("x-api-key", &api.admin_key)
+            .send()
+    };
+
+    let body: Value = get("/v1/experiments/home/results")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let report = &body["report"];
+    assert_eq!(report["method"], "stratified_inverse_variance");
+    assert!(report["srm"].is_null(), "{}", report["srm"]);
+    let stratified = &report["comparisons"][0]["stratified"];
+    let estimate = stratified["estimate"].as_f64().unwrap();
+    let chance = stratified["chance_to_beat"].as_f64().unwrap();
+    assert!(estimate > 0.0 && chance > 0.5, "{stratified}");
+
+    let csv = get("/v1/experiments/home/results?format=csv")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let treatment: Vec<&str> = lines[2].split(',').collect();
+    let col = |name: &str| treatment[header.iter().position(|h| *h == name).unwrap()];
+    assert!(close(col("stratified_abs_lift").parse().unwrap(), estimate));
+    assert!(close(
+        col("stratified_chance_to_beat").parse().unwrap(),
+        chance
+    ));
+
+    let summaries: Value = get("/v1/dashboard/experiments")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let headline = summaries["experiments"][0]["headline"].as_str().unwrap();
+    assert_eq!(
+        headline,
+        format!(
+            "treatment {:+.2} pp ctr vs control ({:.0}% chance to beat)",
+            estimate * 100.0,
+            chance * 100.0
+        )
+    );
+}

@@ -103,27 +103,38 @@ async fn headline(
             return (None, None);
         }
     };
-    let best = results
-        .report
-        .comparisons
-        .iter()
-        .filter(|c| c.pooled.rel_lift.is_some())
-        .max_by(|a, b| {
-            a.pooled
-                .rel_lift
-                .partial_cmp(&b.pooled.rel_lift)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-    let Some(best) = best else {
+    // As on the page: the pooled relative lift while the weights held, the
+    // day-stratified absolute lift (percentage points) once they moved.
+    let lifts = results.report.comparisons.iter().filter_map(|c| {
+        let lift = match &c.stratified {
+            Some(s) => HeadlineLift {
+                value: s.estimate?,
+                ci: s.ci,
+                chance: s.chance_to_beat,
+                unit: LiftUnit::Points,
+            },
+            None => HeadlineLift {
+                value: c.pooled.rel_lift?,
+                ci: c.pooled.rel_ci,
+                chance: c.pooled.chance_to_beat,
+                unit: LiftUnit::Relative,
+            },
+        };
+        Some((c, lift))
+    });
+    let best = lifts.max_by(|(_, a), (_, b)| {
+        a.value
+            .partial_cmp(&b.value)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let Some((best, lift)) = best else {
         return (Some("collecting data".to_owned()), None);
     };
-    let lift = best.pooled.rel_lift.unwrap_or(0.0);
-    let chance = best
-        .pooled
-        .chance_to_beat
+    let chance = lift
+        .chance
         .map(|p| format!(" ({:.0}% chance to beat)", p * 100.0))
         .unwrap_or_default();
-    let tone = best.pooled.rel_ci.and_then(|ci| {
+    let tone = lift.ci.and_then(|ci| {
         if ci.low > 0.0 {
             Some("good")
         } else if ci.high < 0.0 {
@@ -132,13 +143,30 @@ async fn headline(
             None
         }
     });
+    let shown = match lift.unit {
+        LiftUnit::Relative => format!("{:+.1}%", lift.value * 100.0),
+        LiftUnit::Points => format!("{:+.2} pp", lift.value * 100.0),
+    };
     (
         Some(format!(
-            "{} {:+.1}% {metric} vs {}{chance}",
-            best.arm,
-            lift * 100.0,
-            best.control
+            "{} {shown} {metric} vs {}{chance}",
+            best.arm, best.control
         )),
         tone,
     )
+}
+
+/// The lift a headline reports, in the unit it is measured in.
+struct HeadlineLift {
+    value: f64,
+    ci: Option<domain::stats::Interval>,
+    chance: Option<f64>,
+    unit: LiftUnit,
+}
+
+enum LiftUnit {
+    /// treatment / control − 1.
+    Relative,
+    /// treatment − control, shown in percentage points.
+    Points,
 }

@@ -55,6 +55,8 @@ pub struct StratifiedLift {
     pub ci: Option<Interval>,
     /// Two-sided z-test p-value for a zero lift.
     pub p_value: Option<f64>,
+    /// P(treatment > control) under the same normal model, flat prior.
+    pub chance_to_beat: Option<f64>,
     /// Periods that contributed.
     pub periods_used: usize,
     /// Periods left out because a difference or its variance was undefined
@@ -103,6 +105,7 @@ pub fn stratified_lift(
         std_error: None,
         ci: None,
         p_value: None,
+        chance_to_beat: None,
         periods_used: used,
         periods_skipped: periods.len() - used,
     };
@@ -119,6 +122,7 @@ pub fn stratified_lift(
     out.ci = Some(Interval::normal_95(est, se));
     if se > 0.0 {
         out.p_value = Some(normal::two_sided_p(est / se));
+        out.chance_to_beat = Some(normal::cdf(est / se));
     }
     Ok(out)
 }
