@@ -161,7 +161,8 @@ impl RedisStore {
     /// Store precomputed lists `(user_id, json)` of `algorithm` with pipelined
     /// SETs, in chunks; `None` deletes the user's list (the model has no opinion,
     /// so the api falls back rather than serving an older model's list).
-    /// Lists of users not named are left as they are.
+    /// Lists of users not named are left as they are (see
+    /// [`Self::delete_recs_lists_except`]).
     pub async fn put_recs_lists(
         &self,
         algorithm: &str,
@@ -184,6 +185,62 @@ impl RedisStore {
             crate::error::with_timeout("redis recs write", self.timeout, fut).await?;
         }
         Ok(())
+    }
+
+    /// Forget which version `recs:{algorithm}:*` hold, before they are
+    /// rewritten: a rewrite that stops half-way (an error, a crash) then
+    /// leaves no version claiming lists that mix two, and the next attempt,
+    /// or a return to the previous version, writes them all again.
+    pub async fn clear_recs_version(&self, algorithm: &str) -> RepoResult<()> {
+        let key = self.keys.recs_version(algorithm);
+        let mut conn = self.conn().await?;
+        let fut = async move { conn.del::<_, ()>(key).await };
+        crate::error::with_timeout("redis recs version clear", self.timeout, fut).await
+    }
+
+    /// Delete the `recs:{algorithm}:*` lists of users not in `keep` (those a
+    /// precompute did not write: users who left the active window), so no
+    /// user is served an earlier version's list once the new version is
+    /// announced. SCAN, so Redis is never blocked; returns how many went.
+    pub async fn delete_recs_lists_except(
+        &self,
+        algorithm: &str,
+        keep: &std::collections::HashSet<String>,
+    ) -> RepoResult<usize> {
+        let prefix = self.keys.recs(algorithm, "");
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut conn = self.conn().await?;
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let mut scan = deadpool_redis::redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(RECS_CHUNK);
+            let fut = scan.query_async::<(u64, Vec<String>)>(&mut conn);
+            let (next, keys) =
+                crate::error::with_timeout("redis recs scan", self.timeout, fut).await?;
+            let stale: Vec<&String> = keys
+                .iter()
+                .filter(|key| {
+                    key.strip_prefix(&prefix)
+                        .is_some_and(|user| !keep.contains(user))
+                })
+                .collect();
+            if !stale.is_empty() {
+                let mut unlink = deadpool_redis::redis::cmd("UNLINK");
+                unlink.arg(&stale);
+                let fut = unlink.query_async::<usize>(&mut conn);
+                deleted +=
+                    crate::error::with_timeout("redis recs delete", self.timeout, fut).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
     }
 
     /// The model version whose lists `recs:{algorithm}:*` were last completed.
@@ -225,4 +282,16 @@ impl RedisStore {
         let fut = pipe.query_async::<()>(&mut conn);
         crate::error::with_timeout(what, self.timeout, fut).await
     }
+}
+
+/// `text` as a SCAN/KEYS pattern that matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -161,10 +161,30 @@ async fn trained_models_are_stored_loaded_precomputed_rolled_back_and_checked() 
     assert!(users.len() > 50, "{} active users", users.len());
     assert_lists_from(&stack, &v1.manifest.version, &users).await;
 
-    // A second version replaces them; rolling back through the api restores v1's.
+    // A user who has left the active window still has a v1 list.
+    let gone = list_of(&stack, &users[0].0).await.expect("a v1 list");
+    stack
+        .stores
+        .redis
+        .put_recs_lists(
+            "als",
+            &[(
+                "left-the-window".to_owned(),
+                Some(serde_json::to_string(&gone).unwrap()),
+            )],
+        )
+        .await
+        .unwrap();
+
+    // A second version replaces them, and deletes the list no user of the
+    // window holds; rolling back through the api restores v1's.
     let v2 = train_als(&stack, true).await;
     assert_ne!(v1.manifest.version, v2.manifest.version);
     assert_lists_from(&stack, &v2.manifest.version, &users).await;
+    assert!(
+        list_of(&stack, "left-the-window").await.is_none(),
+        "a v1 list outlived v1"
+    );
 
     let api = spawn_api(&stack, |_| {}).await;
     let listed: Value = api

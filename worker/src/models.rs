@@ -1,7 +1,8 @@
 //! The model loop: follow the active version of every algorithm in
 //! PostgreSQL, load it from S3 only if its bytes are exactly the ones the
 //! registry and manifest describe, and precompute every active user's list
-//! into Redis (`recs:{algorithm}:{user}`, then `recs-version:{algorithm}`).
+//! into Redis (`recs:{algorithm}:{user}`, then `recs-version:{algorithm}`),
+//! deleting the lists of users who are no longer active.
 //!
 //! A refused artifact (missing, checksum or format mismatch, undecodable) is
 //! logged and counted once per version; nothing is written, so the lists of
@@ -115,7 +116,7 @@ fn lists_for(
     version: &str,
     users: &[(String, Vec<i64>)],
     top_n: usize,
-) -> Vec<(String, Option<String>)> {
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = users.len().div_ceil(threads).max(1);
     let one = |(user, seen): &(String, Vec<i64>)| -> (String, Option<String>) {
@@ -141,10 +142,16 @@ fn lists_for(
             .chunks(per_thread)
             .map(|chunk| scope.spawn(move || chunk.iter().map(one).collect::<Vec<_>>()))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        // A thread that panicked fails the precompute: its users would be
+        // neither written nor cleared while the version was announced.
+        let mut lists = Vec::with_capacity(users.len());
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => lists.extend(part),
+                Err(_) => anyhow::bail!("a list-computing thread panicked"),
+            }
+        }
+        Ok(lists)
     })
 }
 
@@ -153,11 +160,16 @@ fn lists_for(
 pub struct PrecomputeSummary {
     pub users: usize,
     pub lists: usize,
+    /// Active users the model had no list for (their previous list deleted).
     pub cleared: usize,
+    /// Lists of users outside the active window, deleted.
+    pub stale: usize,
 }
 
 /// Lists of `model` (version `version`) for every user active since the window
-/// start, written to Redis; `recs-version:{algorithm}` is set last, once all are there.
+/// start, written to Redis, and every other list of the algorithm deleted;
+/// `recs-version:{algorithm}` is removed first and set last, once all are
+/// there, so it never names a version while lists of two are mixed.
 pub async fn precompute(
     stores: &Stores,
     algorithm: &str,
@@ -175,6 +187,8 @@ pub async fn precompute(
         users: users.len(),
         ..Default::default()
     };
+    let written: HashSet<String> = users.iter().map(|(user, _)| user.clone()).collect();
+    stores.redis.clear_recs_version(algorithm).await?;
     let mut rest = users;
     while !rest.is_empty() {
         let round: Vec<(String, Vec<i64>)> =
@@ -184,11 +198,15 @@ pub async fn precompute(
         let top_n = settings.top_n;
         let lists =
             tokio::task::spawn_blocking(move || lists_for(&model, &version_owned, &round, top_n))
-                .await?;
+                .await??;
         summary.lists += lists.iter().filter(|l| l.1.is_some()).count();
         summary.cleared += lists.iter().filter(|l| l.1.is_none()).count();
         stores.redis.put_recs_lists(algorithm, &lists).await?;
     }
+    summary.stale = stores
+        .redis
+        .delete_recs_lists_except(algorithm, &written)
+        .await?;
     stores.redis.set_recs_version(algorithm, version).await?;
     Ok(summary)
 }
@@ -250,6 +268,26 @@ impl ModelLoop {
                 tracing::debug!(%algorithm, version = %row.version, "another worker is precomputing this algorithm");
                 continue;
             };
+            // The active version read above may be minutes old (precomputing
+            // the algorithms before this one): act on the current one, so a
+            // version activated since is not overwritten by the older one.
+            let current = match models::active_models(&self.stores.pg).await {
+                Ok(rows) => rows.into_iter().find(|r| r.algorithm_key == algorithm),
+                Err(e) => {
+                    lease.release().await;
+                    return Err(e.into());
+                }
+            };
+            let Some(row) = current else {
+                lease.release().await;
+                continue;
+            };
+            if self.serving.get(&algorithm) == Some(&row.version)
+                || self.refused.get(&algorithm) == Some(&(row.version.clone(), row.sha256.clone()))
+            {
+                lease.release().await;
+                continue;
+            }
             // Another worker (or this one before a restart) may have finished it already.
             match self.stores.redis.recs_version(&algorithm).await {
                 Ok(done) if done.as_deref() == Some(row.version.as_str()) => {
@@ -311,6 +349,7 @@ impl ModelLoop {
                     users = summary.users,
                     lists = summary.lists,
                     without_list = summary.cleared,
+                    stale_deleted = summary.stale,
                     load_seconds = loaded_in,
                     seconds,
                     "model loaded and lists precomputed"
@@ -326,6 +365,10 @@ impl ModelLoop {
                     "reason" => "precompute"
                 )
                 .increment(1);
+                // Some lists may be the new version's by now: whatever
+                // version is activated next (this one again, or the previous
+                // one) is written over all of them.
+                self.serving.remove(algorithm);
                 tracing::warn!(%algorithm, version = %row.version, error = %e, "precomputing lists failed; retrying next poll");
             }
         }
