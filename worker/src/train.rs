@@ -80,9 +80,15 @@ pub fn object_prefix(algorithm: &str, version: &str) -> String {
     format!("models/{algorithm}/{version}")
 }
 
-/// Versions sort by training time and are unique per algorithm at millisecond resolution.
+/// Versions sort by training time (to the millisecond); a random suffix keeps
+/// two trainings that finish in the same millisecond from sharing a version,
+/// whose S3 objects the second would overwrite under the first's registry row.
 fn new_version(now: DateTime<Utc>) -> String {
-    now.format("%Y%m%dT%H%M%S%3fZ").to_string()
+    format!(
+        "{}-{:04x}",
+        now.format("%Y%m%dT%H%M%S%3fZ"),
+        rand::random::<u16>()
+    )
 }
 
 /// `defaults` overlaid with the keys of each object in `layers`, in order.
@@ -404,10 +410,15 @@ mod tests {
     }
 
     #[test]
-    fn versions_sort_by_time() {
-        let a = new_version(DateTime::from_timestamp(1_700_000_000, 5_000_000).unwrap());
+    fn versions_sort_by_time_and_differ_within_a_millisecond() {
+        let at = DateTime::from_timestamp(1_700_000_000, 5_000_000).unwrap();
+        let a = new_version(at);
         let b = new_version(DateTime::from_timestamp(1_700_000_000, 6_000_000).unwrap());
-        assert_eq!(a, "20231114T221320005Z");
+        assert!(a.starts_with("20231114T221320005Z-"), "{a}");
+        assert_eq!(a.len(), "20231114T221320005Z-0000".len());
         assert!(a < b);
+        let same_instant: std::collections::HashSet<String> =
+            (0..20).map(|_| new_version(at)).collect();
+        assert!(same_instant.len() > 1);
     }
 }
