@@ -20,6 +20,19 @@ impl ValidationError {
         }
     }
 
+    /// Free text (a title, a description, a name) must not hold U+0000:
+    /// PostgreSQL's `text` and `jsonb` cannot store it, so it would fail the
+    /// write instead of being refused here with the field named.
+    pub fn check_storable(field: impl Into<String>, text: &str) -> Result<(), Self> {
+        if text.contains('\0') {
+            return Err(Self::new(
+                field,
+                "must not contain the NUL character (U+0000)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Prefix the field with a parent path, so nested validation reports `arms[2].key`.
     pub fn within(mut self, parent: impl AsRef<str>) -> Self {
         self.field = format!("{}.{}", parent.as_ref(), self.field);

@@ -357,6 +357,36 @@ fn cases() -> Vec<Case> {
             "arms[0].weight",
         ),
         post(
+            "a weight a rounding error above 1",
+            "/v1/experiments",
+            experiment(json!({"arms": [
+            {"key": "a", "algorithm": "als", "weight": 1.000_000_000_5, "is_control": true},
+            {"key": "b", "algorithm": "als", "weight": 0.0}]})),
+            400,
+            "arms[0].weight",
+        ),
+        post(
+            "reweight interval beyond what is stored",
+            "/v1/experiments",
+            experiment(json!({"reweight_interval_s": 3_000_000_000u64})),
+            400,
+            "reweight_interval_s",
+        ),
+        post(
+            "experiment description with a NUL character",
+            "/v1/experiments",
+            experiment(json!({"description": "a\u{0}b"})),
+            400,
+            "description",
+        ),
+        post(
+            "movie title with a NUL character",
+            "/v1/movies",
+            json_body(json!({"id": 1, "title": "a\u{0}b"})),
+            400,
+            "title",
+        ),
+        post(
             "weight as a string",
             "/v1/experiments",
             experiment(json!({"arms": [

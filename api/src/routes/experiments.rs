@@ -237,6 +237,10 @@ fn spec_from(input: NewExperiment) -> Result<(ExperimentSpec, String), Validatio
             format!("at most {MAX_DESCRIPTION_LEN} characters"),
         ));
     }
+    ValidationError::check_storable("description", &input.description)?;
+    if let Some(salt) = &input.salt {
+        ValidationError::check_storable("salt", salt)?;
+    }
     let salt = match input.salt {
         Some(salt) if salt.is_empty() || salt.len() > MAX_SALT_LEN => {
             return Err(ValidationError::new(

@@ -65,6 +65,7 @@ pub async fn create(
             format!("at most {MAX_NAME_LEN} characters"),
         ));
     }
+    domain::ValidationError::check_storable("name", &input.name)?;
     let (id, key) = with_timeout(
         "postgres create key",
         state.stores.settings.timeout(),

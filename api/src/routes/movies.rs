@@ -119,6 +119,7 @@ fn entry(movie: MovieInput, field: &str) -> Result<CatalogEntry, ValidationError
             format!("must be 1 to {MAX_TITLE_LEN} characters"),
         ));
     }
+    ValidationError::check_storable(at("title"), &title)?;
     if let Some(year) = movie.year {
         if !(1870..=2200).contains(&year) {
             return Err(ValidationError::new(
@@ -140,6 +141,7 @@ fn entry(movie: MovieInput, field: &str) -> Result<CatalogEntry, ValidationError
                 format!("must be 1 to {MAX_GENRE_LEN} characters"),
             ));
         }
+        ValidationError::check_storable(at(&format!("genres[{i}]")), genre)?;
     }
     Ok(CatalogEntry {
         movie_id,

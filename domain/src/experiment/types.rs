@@ -410,10 +410,11 @@ fn validate(spec: &ExperimentSpec) -> Result<(), ValidationError> {
     if !(spec.coverage > 0.0 && spec.coverage <= 1.0) {
         return Err(ValidationError::new("coverage", "must be in (0, 1]"));
     }
-    if spec.reweight_interval_s == 0 {
+    // PostgreSQL stores it as INT.
+    if spec.reweight_interval_s == 0 || i32::try_from(spec.reweight_interval_s).is_err() {
         return Err(ValidationError::new(
             "reweight_interval_s",
-            "must be greater than 0",
+            format!("must be between 1 and {}", i32::MAX),
         ));
     }
     let n = spec.arms.len();
@@ -422,10 +423,11 @@ fn validate(spec: &ExperimentSpec) -> Result<(), ValidationError> {
     }
     let mut sum = 0.0;
     for (i, arm) in spec.arms.iter().enumerate() {
-        if !arm.weight.is_finite() || arm.weight < 0.0 {
+        // `!(..)` so that NaN is rejected too.
+        if !(0.0..=1.0).contains(&arm.weight) {
             return Err(ValidationError::new(
                 format!("arms[{i}].weight"),
-                "must be a finite, non-negative number",
+                "must be between 0 and 1",
             ));
         }
         if spec.arms[..i].iter().any(|other| other.key == arm.key) {
@@ -563,7 +565,18 @@ pub(crate) mod tests {
         assert_eq!(e.with_weights(vec![1.0]).unwrap_err().field, "weights");
         assert_eq!(
             e.with_weights(vec![1.2, -0.2]).unwrap_err().field,
-            "arms[1].weight"
+            "arms[0].weight"
+        );
+        assert_eq!(
+            e.with_weights(vec![-0.2, 1.2]).unwrap_err().field,
+            "arms[0].weight"
+        );
+        assert_eq!(
+            e.with_weights(vec![0.0, 1.000_000_000_5])
+                .unwrap_err()
+                .field,
+            "arms[1].weight",
+            "within the sum's tolerance, but more than a whole"
         );
     }
 
