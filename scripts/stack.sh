@@ -105,8 +105,9 @@ python_tools() {
 
 install_all() {
   mkdir -p "$TOOLS_DIR"
+  # python3-venv first: Debian's python3 cannot create a venv without it.
+  apt_install postgresql redis-server clickhouse-server clickhouse-client curl python3 python3-venv
   python_tools
-  apt_install postgresql redis-server clickhouse-server clickhouse-client curl
   cargo_tool "$TANSU_BIN" tansu "$TANSU_VERSION" "$TANSU_FEATURES"
   case "$S3_SERVER" in
     s3s-fs) cargo_tool "$S3S_BIN" s3s-fs "$S3S_VERSION" binary ;;
@@ -187,7 +188,7 @@ ch_ready() { [ "$(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/ping" 2>/dev/null)" 
 ch_up() {
   local dir="$STACK_DIR/clickhouse"
   if pid_alive "$dir/clickhouse.pid" && ch_ready; then return 0; fi
-  for p in "$CH_HTTP_PORT" "$CH_TCP_PORT"; do
+  for p in "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CH_INTERSERVER_PORT"; do
     port_open "$p" && die "port $p is taken by something else (set MARQUEE_CLICKHOUSE_*_PORT)"
   done
   mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
@@ -353,6 +354,32 @@ up() {
   status
 }
 
+# Drop what earlier test runs left behind. Each test gets databases, a Redis
+# namespace and a bucket of its own (test_<id>, test:<id>:, test-<id>) and
+# nothing drops them when it ends, so without this the stack grew with every
+# run (3 GB of PostgreSQL after a few dozen). scripts/test.sh runs it before
+# the tests; it must not run while another test run uses this stack. Kafka
+# topics stay: Tansu's store does not give space back for a deleted topic.
+prune_tests() {
+  local url="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB" n=0 name
+  while read -r name; do
+    [ -n "$name" ] || continue
+    psql -q "$url" -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null
+    n=$((n + 1))
+  done < <(psql -qAt "$url" -c "SELECT datname FROM pg_database WHERE starts_with(datname, 'test_')")
+  while read -r name; do
+    [ -n "$name" ] || continue
+    curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "DROP DATABASE IF EXISTS \`$name\`" >/dev/null
+    n=$((n + 1))
+  done < <(curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT name FROM system.databases WHERE startsWith(name, 'test_')")
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern 'test:*' \
+    | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" UNLINK >/dev/null
+  if [ "$S3_SERVER" = s3s-fs ]; then
+    find "$STACK_DIR/s3/data" -mindepth 1 -maxdepth 1 -type d -name 'test-*' -exec rm -rf {} + 2>/dev/null || true
+  fi
+  log "pruned $n databases of earlier test runs"
+}
+
 down() {
   s3_down
   kafka_down
@@ -370,5 +397,6 @@ case "${1:-}" in
   env) print_env ;;
   kafka-up) mkdir -p "$STACK_DIR" "$TOOLS_DIR"; cargo_tool "$TANSU_BIN" tansu "$TANSU_VERSION" "$TANSU_FEATURES"; kafka_up ;;
   kafka-down) kafka_down ;;
-  *) echo "usage: $0 up|down|status|reset|env|kafka-up|kafka-down" >&2; exit 2 ;;
+  prune-tests) prune_tests ;;
+  *) echo "usage: $0 up|down|status|reset|env|kafka-up|kafka-down|prune-tests" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ cd "$ROOT"
 
 started=$SECONDS
 scripts/stack.sh up
+scripts/stack.sh prune-tests
 # The dashboard's browser test drives Debian's Chromium headless.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "[test] installing chromium for the dashboard browser test"
