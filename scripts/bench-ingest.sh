@@ -7,8 +7,11 @@
 #     ClickHouse insert per batch, offsets committed after each).
 # Both rates are first-to-last (the worker's also from process start), with
 # their ratio and the worker's peak RSS from /usr/bin/time -v.
-# Everything runs in its own slice (PostgreSQL and ClickHouse databases, topic,
-# Redis namespace, bucket), dropped at the end except the Kafka topic.
+# Everything runs in its own slice (PostgreSQL and ClickHouse databases,
+# Redis namespace, bucket, and a scratch Kafka broker on BENCH_KAFKA_PORT,
+# default 59193, with a store of its own), all dropped at the end: Tansu's
+# store does not give space back for a deleted topic, so a million events per
+# run on the shared broker would grow it, and slow it, for good.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -61,12 +64,20 @@ stop_worker() {
   [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
   wait "$worker_pid" 2>/dev/null || true
 }
+bench_broker_dir="$ROOT/.stack/bench-ingest-broker"
+bench_broker() { MARQUEE_STACK_DIR="$bench_broker_dir" MARQUEE_KAFKA_PORT="${BENCH_KAFKA_PORT:-59193}" scripts/stack.sh "$@"; }
 cleanup() {
   [ -n "${worker_pid:-}" ] && stop_worker
   ch "DROP DATABASE IF EXISTS $ID" >/dev/null 2>&1 || true
   psql_admin "DROP DATABASE IF EXISTS \"$ID\"" >/dev/null 2>&1 || true
+  bench_broker kafka-down >/dev/null 2>&1 || true
+  rm -rf "$bench_broker_dir"
 }
 trap cleanup EXIT
+bench_broker kafka-down >/dev/null 2>&1 || true
+rm -rf "$bench_broker_dir"
+bench_broker kafka-up
+export MARQUEE_KAFKA_BROKERS="127.0.0.1:${BENCH_KAFKA_PORT:-59193}"
 
 psql_admin "CREATE DATABASE \"$ID\""
 "$BIN" migrate >/dev/null

@@ -22,6 +22,12 @@ source <(scripts/stack.sh env)
 set +a
 export MARQUEE_CLICKHOUSE_DATABASE="$DB" MARQUEE_API_PORT="$PORT" MARQUEE_BOOTSTRAP_ADMIN_KEY="bench-admin-key"
 export MARQUEE_REDIS_NAMESPACE="bench:" RUST_LOG=warn
+# A PostgreSQL database of its own too: the `bench` experiment must not show
+# up among the demo's experiments in the main one.
+if ! psql -qAt "$MARQUEE_DATABASE_URL" -c "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
+  psql -q "$MARQUEE_DATABASE_URL" -c "CREATE DATABASE $DB" >/dev/null
+fi
+export MARQUEE_DATABASE_URL="${MARQUEE_DATABASE_URL%/*}/$DB"
 cargo build --release --locked -p marquee-api >/dev/null 2>&1
 target/release/api migrate >/dev/null
 
