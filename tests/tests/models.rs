@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::recommend::format::{self, ModelManifest};
 use domain::recommend::PrecomputedList;
-use marquee_tests::worker_harness::spawn_worker;
+use marquee_tests::worker_harness::{clickhouse_raw_rows, spawn_worker};
 use marquee_tests::{eventually, spawn_api, TestStack};
 use marquee_worker::models::{ModelLoop, ModelLoopSettings};
 use marquee_worker::seed::{self, SeedSize};
@@ -113,14 +113,7 @@ async fn trained_models_are_stored_loaded_precomputed_rolled_back_and_checked() 
         (0, 0, 0, 0),
         "re-seeding is idempotent"
     );
-    let events: u64 = stack
-        .stores
-        .analytics
-        .client()
-        .query("SELECT count() FROM events")
-        .fetch_one()
-        .await
-        .unwrap();
+    let events = clickhouse_raw_rows(&stack).await;
     assert_eq!(
         events, first.interactions,
         "clickhouse holds each event once"

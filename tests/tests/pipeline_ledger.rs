@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use domain::events::EventKind;
 use domain::ports::pipeline::{BatchId, EventStore, IngestLedger, StoreError, StoredEvent};
 use marquee_tests::worker_harness::{action, clickhouse_raw_rows};
-use marquee_tests::TestStack;
+use marquee_tests::{eventually, TestStack};
 use repositories::clickhouse::Analytics;
 use repositories::postgres::ingest::PgIngestLedger;
 use tokio::sync::{Notify, Semaphore};
@@ -231,14 +231,13 @@ async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
         })
     };
     // The second has read the dead batch as the owner and queues behind the first.
-    let queued = tokio::time::Instant::now() + Duration::from_secs(20);
-    while waiting_advisory_locks(&stack).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < queued,
-            "the second worker never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            waiting_advisory_locks(&stack).await > 0
+        })
+        .await,
+        "the second worker never queued"
+    );
 
     gated.gate.add_permits(1);
     let (mut first_ledger, first_claimed) = first.await.unwrap();
@@ -361,14 +360,13 @@ async fn a_batch_whose_insert_is_still_running_is_not_resolved_until_it_ends() {
     let mut writer = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
     writer.claim(slow, &batch, &store).await.unwrap();
     let mut insert = SlowInsert::start(&stack, slow, &batch).await;
-    let started = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !store.batch_in_flight(slow).await.unwrap() {
-        assert!(
-            tokio::time::Instant::now() < started,
-            "the insert never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            store.batch_in_flight(slow).await.unwrap()
+        })
+        .await,
+        "the insert never started"
+    );
     // The writer's wait timed out: it gives up its lease.
     writer.abandon(slow).await;
 

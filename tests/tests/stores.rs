@@ -306,7 +306,7 @@ async fn an_event_attributed_to_two_experiments_counts_once_for_its_movie() {
     use domain::events::{Attribution, EventKind};
     use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
     use domain::ports::pipeline::{BatchId, EventStore, StoredEvent};
-    use marquee_tests::worker_harness::action;
+    use marquee_tests::worker_harness::{action, clickhouse_raw_rows};
 
     let stack = TestStack::fresh().await;
     let attributed = |experiment: &str| Attribution {
@@ -325,15 +325,11 @@ async fn an_event_attributed_to_two_experiments_counts_once_for_its_movie() {
         .await
         .unwrap();
 
-    let raw: u64 = stack
-        .stores
-        .analytics
-        .client()
-        .query("SELECT count() FROM events")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(raw, 3, "the click is one row per experiment");
+    assert_eq!(
+        clickhouse_raw_rows(&stack).await,
+        3,
+        "the click is one row per experiment"
+    );
     let hot = stack.stores.analytics.hot_movies(3_600, 10).await.unwrap();
     assert_eq!(hot, vec![(7, 2.0)], "one click and one view of movie 7");
     let (clicks, views): (u64, u64) = stack

@@ -62,6 +62,15 @@ pub struct AttributionCounts {
     pub sticky: u64,
 }
 
+impl AttributionCounts {
+    /// Fold in the counts of another pass (another part of the same batch).
+    pub fn add(&mut self, other: AttributionCounts) {
+        self.attributed += other.attributed;
+        self.unattributed += other.unattributed;
+        self.sticky += other.sticky;
+    }
+}
+
 /// Attribution for the pipeline: remembers impressions, attributes the rest.
 pub struct Attributor {
     recent: RecentLists,

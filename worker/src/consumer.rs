@@ -423,9 +423,7 @@ impl Stored {
         self.written += other.written;
         self.cache_duplicates += other.cache_duplicates;
         self.ledger_duplicates += other.ledger_duplicates;
-        self.attribution.attributed += other.attribution.attributed;
-        self.attribution.unattributed += other.attribution.unattributed;
-        self.attribution.sticky += other.attribution.sticky;
+        self.attribution.add(other.attribution);
     }
 }
 

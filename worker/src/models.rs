@@ -256,10 +256,7 @@ impl ModelLoop {
         let active = models::active_models(&self.stores.pg).await?;
         for row in active {
             let algorithm = row.algorithm_key.clone();
-            if self.serving.get(&algorithm) == Some(&row.version) {
-                continue;
-            }
-            if self.refused.get(&algorithm) == Some(&(row.version.clone(), row.sha256.clone())) {
+            if self.settled(&row) {
                 continue;
             }
             let Some(lease) =
@@ -282,9 +279,7 @@ impl ModelLoop {
                 lease.release().await;
                 continue;
             };
-            if self.serving.get(&algorithm) == Some(&row.version)
-                || self.refused.get(&algorithm) == Some(&(row.version.clone(), row.sha256.clone()))
-            {
+            if self.settled(&row) {
                 lease.release().await;
                 continue;
             }
@@ -303,6 +298,14 @@ impl ModelLoop {
             lease.release().await;
         }
         Ok(())
+    }
+
+    /// Whether nothing is to be done for `row`, the active version of its
+    /// algorithm: its lists are the ones in Redis, or its artifact was refused.
+    fn settled(&self, row: &ModelRow) -> bool {
+        let algorithm = &row.algorithm_key;
+        self.serving.get(algorithm) == Some(&row.version)
+            || self.refused.get(algorithm) == Some(&(row.version.clone(), row.sha256.clone()))
     }
 
     async fn switch_to(&mut self, row: &ModelRow) {

@@ -111,8 +111,9 @@ impl EventStore for Analytics {
             .iter()
             .flat_map(|e| event_rows(batch, e, now))
             .collect();
-        let query_id = batch.as_uuid().to_string();
-        Ok(self.insert_events_as(&rows, Some(&query_id)).await?)
+        Ok(self
+            .insert_events_as(&rows, Some(&insert_query_id(batch)))
+            .await?)
     }
 
     async fn batch_present(&self, batch: BatchId) -> Result<bool, StoreError> {
@@ -120,8 +121,14 @@ impl EventStore for Analytics {
     }
 
     async fn batch_in_flight(&self, batch: BatchId) -> Result<bool, StoreError> {
-        Ok(self.query_running(&batch.as_uuid().to_string()).await?)
+        Ok(self.query_running(&insert_query_id(batch)).await?)
     }
+}
+
+/// The server-side query id of a batch's insert: what `batch_in_flight` looks
+/// for in `system.processes`, so both must spell it the same way.
+fn insert_query_id(batch: BatchId) -> String {
+    batch.as_uuid().to_string()
 }
 
 #[async_trait]
