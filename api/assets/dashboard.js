@@ -83,11 +83,12 @@ function legend(container, names) {
 }
 
 // The lift to read for one arm: pooled and relative while the weights held;
-// once they moved, pooling mixes periods of different splits (Simpson's
-// paradox), so the day-stratified absolute lift is shown instead.
+// once they moved, pooling mixes users assigned under different splits
+// (Simpson's paradox), so the cohort lift (arms compared within each weight
+// period's users, then combined) is shown instead, in absolute terms.
 function headlineLift(c) {
-  if (c.stratified) {
-    const s = c.stratified;
+  if (c.cohort) {
+    const s = c.cohort.combined;
     return { mid: s.estimate, ci: s.ci, p: s.p_value, chance: s.chance_to_beat, format: (v) => `${v >= 0 ? "+" : ""}${(v * 100).toFixed(2)} pp` };
   }
   const p = c.pooled;
@@ -171,8 +172,9 @@ async function renderList(key) {
   for (const e of experiments) {
     const row = el("tr", { class: "clickable", "data-experiment": e.key });
     row.append(el("td", {}, e.key), el("td", {}, e.status), el("td", {}, e.policy), el("td", {}, e.metric));
-    const headline = el("td", {}, e.headline || "–");
-    if (e.headline_tone) headline.className = e.headline_tone;
+    const headline = el("td", {}, e.srm_mismatch ? "⚠ sample-ratio mismatch: results not trustworthy" : e.headline || "–");
+    if (e.srm_mismatch) headline.className = "bad";
+    else if (e.headline_tone) headline.className = e.headline_tone;
     row.append(headline);
     row.addEventListener("click", () => {
       location.search = "?experiment=" + encodeURIComponent(e.key);
@@ -191,8 +193,10 @@ async function renderDetail(key, experiment) {
 
   const warning = document.getElementById("srm-warning");
   if (report.srm && report.srm.mismatch) {
+    const failed = (report.periods || []).filter((p) => p.srm && p.srm.mismatch).map((p) => p.index + 1);
     warning.hidden = false;
-    warning.textContent = `Sample-ratio mismatch: users per arm do not match the configured split (p = ${report.srm.p_value.toExponential(2)}). ` +
+    warning.textContent = `Sample-ratio mismatch: users per arm do not match the weights they were assigned under ` +
+      `(overall p = ${report.srm.p_value.toExponential(2)}${failed.length ? `; failed in period ${failed.join(", ")}` : ""}). ` +
       "Assignment or logging is broken somewhere; do not trust these results until it is explained.";
   } else {
     warning.hidden = true;
@@ -233,11 +237,39 @@ async function renderDetail(key, experiment) {
     if (!s.points.length) s.points.push([new Date(), report.arms[i].weight]);
   });
   lineChart(document.getElementById("chart-weights"), "weights", weightSeries, { step: true, yMax: 1, format: (v) => pct(v, 0) });
-  document.getElementById("method").textContent =
-    report.method === "pooled" ? "Lifts pool all traffic: the weights did not change in this window."
-      : "Weights changed during the experiment: lifts are absolute (percentage points), compared within each day and combined (inverse-variance), see docs/statistics.md.";
+  renderPeriods(report);
+  const window = report.outcome_window_days ? `the first ${report.outcome_window_days} days after each user's first exposure` : "each user's whole exposure";
+  const method = document.getElementById("method");
+  method.setAttribute("data-method", report.method);
+  method.textContent =
+    report.method === "pooled" ? "Method: pooled. The weights did not change, so all users are compared at once."
+      : `Method: cohort analysis. The weights changed ${report.periods.length - 1} time(s): each user belongs to the period of their first exposure, ` +
+        `arms are compared within each period's users (outcomes over ${window}) and the periods are combined by inverse variance. ` +
+        "Lifts are absolute (percentage points); see docs/statistics.md.";
   document.getElementById("detail").hidden = false;
   document.body.setAttribute("data-ready", "detail");
+}
+
+// One row per weight period: when it began, the split, the users it brought and its own SRM test.
+function renderPeriods(report) {
+  const section = document.getElementById("periods");
+  const periods = report.periods || [];
+  section.hidden = periods.length < 2;
+  const head = section.querySelector("thead tr");
+  const arms = report.arms.map((a) => a.arm);
+  head.replaceChildren(el("th", {}, "Period"), el("th", {}, "From"), el("th", {}, "Reason"),
+    ...arms.map((a) => el("th", {}, `${a}: weight / users`)), el("th", {}, "SRM p-value"));
+  const body = section.querySelector("tbody");
+  body.replaceChildren();
+  for (const p of periods) {
+    const row = el("tr", { "data-period": p.index });
+    row.append(el("td", {}, String(p.index + 1)), el("td", {}, p.start.replace("T", " ").slice(0, 19)), el("td", {}, p.reason),
+      ...arms.map((_, i) => el("td", {}, `${pct(p.weights[i], 0)} / ${num(p.users[i])}`)));
+    const srm = el("td", {}, p.srm ? p.srm.p_value.toExponential(2) : "–");
+    if (p.srm && p.srm.mismatch) srm.className = "bad";
+    row.append(srm);
+    body.append(row);
+  }
 }
 
 async function main() {

@@ -141,6 +141,17 @@ impl From<RepoError> for ApiError {
     }
 }
 
+/// A port's failure: transient ones (a store down, a timeout) are 503s.
+impl From<domain::ports::pipeline::StoreError> for ApiError {
+    fn from(e: domain::ports::pipeline::StoreError) -> Self {
+        if e.transient {
+            Self::Unavailable(e.store.to_owned())
+        } else {
+            Self::Internal(e.into())
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, field) = self.parts();

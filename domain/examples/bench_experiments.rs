@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use domain::experiment::assignment::hash_fnv32a;
 use domain::experiment::{
-    assign, reweight, reweight_with_draws, Arm, ArmStats, Experiment, ExperimentSpec,
-    ExperimentStatus, HashVersion, Metric, Policy,
+    assign, reweight, reweight_with_draws, Arm, BanditEvidence, BanditSettings, Experiment,
+    ExperimentSpec, ExperimentStatus, HashVersion, Metric, Policy, ReweightOutcome,
 };
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey, UserId};
+use domain::stats::ArmCounts;
 
 /// Distinct ids; cycled so 20M assignments fit in memory (the ids, ~40 MB,
 /// exceed the caches either way).
@@ -42,6 +43,8 @@ fn experiment(weights: &[f64], policy: Policy) -> Result<Experiment, Box<dyn std
         metric: Metric::Ctr,
         min_weight: 0.01,
         reweight_interval_s: 300,
+        bandit: BanditSettings::default(),
+        outcome_window_days: None,
         arms,
     })?)
 }
@@ -145,53 +148,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     full.report("full assign() incl. owned Assignment");
 
-    // Thompson reweight, 10 arms, 10k draws, realistic CTR counts.
+    // Thompson reweight, 10 arms, 10k draws, realistic per-user sums over
+    // 24 weight periods (a day of hourly reweights).
     let bandit = experiment(&[0.1; 10], Policy::ThompsonSampling)?;
-    let stats: Vec<ArmStats> = bandit
-        .arms()
-        .iter()
-        .enumerate()
-        .map(|(i, a)| ArmStats {
-            arm: a.key.clone(),
-            successes: 3_000 + 50 * i as u64,
-            trials: 100_000,
-        })
+    let user_sums = |users: u64, clicks_per_mille: u64| ArmCounts {
+        users,
+        impressions: 10 * users,
+        clicks: users * clicks_per_mille / 100,
+        conversions: users / 20,
+        sum_clicks_sq: users * clicks_per_mille / 50,
+        sum_impressions_sq: 150 * users,
+        sum_clicks_impressions: users * clicks_per_mille / 5,
+    };
+    let cohorts: Vec<Vec<ArmCounts>> = (0..24)
+        .map(|_| (0..10).map(|i| user_sums(400, 30 + i)).collect())
         .collect();
+    let evidence = BanditEvidence {
+        cohorts: &cohorts,
+        running_s: 86_400,
+    };
     let runs = 41;
     let mut times = Vec::new();
     let total = Timing::measure(runs, || {
         for seed in 0..runs as u64 {
             let start = Instant::now();
-            let r = reweight_with_draws(&bandit, black_box(&stats), seed, 10_000);
+            let r = reweight_with_draws(&bandit, black_box(evidence), seed, 10_000);
             times.push(start.elapsed());
             let _ = black_box(r);
         }
     });
     times.sort();
     println!(
-        "thompson reweight, 10 arms x 10k draws: {:.2} ms per CPU time; wall median {:.2} ms, min {:.2} ms",
+        "thompson reweight, 10 arms x 24 periods x 10k draws: {:.2} ms per CPU time; wall median {:.2} ms, min {:.2} ms",
         total.seconds() / runs as f64 * 1e3,
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[0].as_secs_f64() * 1e3
     );
 
-    // Two arms take the exact integral instead of sampling.
+    // Two arms take the exact Gaussian probability instead of sampling.
     let two = experiment(&[0.5, 0.5], Policy::ThompsonSampling)?;
-    let two_stats: Vec<ArmStats> = two
-        .arms()
-        .iter()
-        .map(|a| ArmStats {
-            arm: a.key.clone(),
-            successes: 30_000,
-            trials: 1_000_000,
-        })
-        .collect();
+    let two_cohorts = vec![vec![user_sums(100_000, 30), user_sums(100_000, 31)]];
     let start = Instant::now();
-    let r = reweight(&two, black_box(&two_stats), 0)?;
+    let r = reweight(
+        &two,
+        black_box(BanditEvidence {
+            cohorts: &two_cohorts,
+            running_s: 86_400,
+        }),
+        0,
+    )?;
+    let method = match r {
+        ReweightOutcome::Reweighted(r) => format!("{:?}", r.method),
+        ReweightOutcome::BurnIn(_) => "burn-in".to_owned(),
+    };
     println!(
-        "thompson reweight, 2 arms exact (30k successes each): {:.2} ms ({:?})",
+        "thompson reweight, 2 arms exact: {:.3} ms ({method})",
         start.elapsed().as_secs_f64() * 1e3,
-        r.method
     );
 
     // Printed so the accumulators cannot be optimised away.

@@ -4,13 +4,15 @@
 //! them here, so every number in the JSON, the CSV and the dashboard comes from
 //! the same tested functions in [`crate::stats`].
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::experiment::WeightPeriod;
 use crate::ids::{AlgorithmKey, ArmKey};
 use crate::stats::{
-    compare, estimate, sample_ratio_mismatch, stratified_lift, ArmCounts, Comparison, Metric,
-    MetricEstimate, PeriodCounts, SrmCheck, StratifiedLift, Weighting,
+    cohort_sample_ratio, compare, estimate, sample_ratio_mismatch, stratified_lift, ArmCounts,
+    Comparison, Interval, Metric, MetricEstimate, PeriodCounts, SrmCheck, StratifiedLift,
+    Weighting,
 };
 use crate::ValidationError;
 
@@ -42,14 +44,37 @@ pub struct DailyCounts {
     pub counts: ArmCounts,
 }
 
+/// One arm's cohort in one weight period: the users first exposed while that
+/// period's weights were in force, with their outcomes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortCounts {
+    /// Index into [`ResultsInput::periods`].
+    pub period: usize,
+    pub arm: ArmKey,
+    pub counts: ArmCounts,
+}
+
 /// Everything the report needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultsInput {
     pub metric: Metric,
     pub arms: Vec<ArmTotals>,
     pub daily: Vec<DailyCounts>,
-    /// Whether the weights changed during the window (an adaptive policy moved them).
-    pub weights_changed: bool,
+    /// Periods of constant weights, oldest first ([`crate::experiment::weight_periods`]).
+    /// More than one means the weights changed and the cohort method applies.
+    pub periods: Vec<WeightPeriod>,
+    /// Users per period and arm, by first exposure, with their outcomes.
+    pub cohorts: Vec<CohortCounts>,
+    /// Days after first exposure over which a user's outcome is summed;
+    /// `None` for the whole exposure. Reported, not applied: the store applies it.
+    pub outcome_window_days: Option<u16>,
+}
+
+impl ResultsInput {
+    /// Whether the weights changed during the run (an adaptive policy or an edit moved them).
+    pub fn weights_changed(&self) -> bool {
+        self.periods.len() > 1
+    }
 }
 
 /// One arm's row of the report.
@@ -89,8 +114,51 @@ pub struct ArmComparison {
     pub metric: Metric,
     /// Pooled over the window (biased if weights changed while the metric drifted).
     pub pooled: Comparison,
-    /// Arms compared within each day, then combined; present when weights changed.
-    pub stratified: Option<StratifiedLift>,
+    /// Arms compared within each cohort of first exposure, then combined;
+    /// present when weights changed.
+    pub cohort: Option<CohortLift>,
+}
+
+/// The cohort (assignment-period) lift of one treatment against control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortLift {
+    /// Periods combined by inverse variance: the method's headline estimate.
+    pub combined: StratifiedLift,
+    /// The same periods weighted by their users: the traffic-weighted average
+    /// lift, the one to read if the lift itself changes over time.
+    pub users_weighted: StratifiedLift,
+    /// Each period's own difference, in period order.
+    pub by_period: Vec<PeriodLift>,
+}
+
+/// The within-period difference of one cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PeriodLift {
+    /// Index into [`ResultsReport::periods`].
+    pub period: usize,
+    pub control_users: u64,
+    pub treatment_users: u64,
+    /// treatment − control within the cohort.
+    pub abs_lift: Option<f64>,
+    pub std_error: Option<f64>,
+    pub ci: Option<Interval>,
+    pub p_value: Option<f64>,
+}
+
+/// One period of constant weights as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodReport {
+    pub index: usize,
+    pub start: DateTime<Utc>,
+    pub reason: String,
+    /// Each arm's weight in the period, in the report's arm order.
+    pub weights: Vec<f64>,
+    /// Users first exposed in the period, per arm, in the report's arm order.
+    pub users: Vec<u64>,
+    /// The sample-ratio check of this period's cohort; `None` when it cannot
+    /// be tested (fewer than two arms with weight, or users in a closed arm,
+    /// which the overall verdict counts as a mismatch).
+    pub srm: Option<SrmCheck>,
 }
 
 /// The daily series point of one arm.
@@ -112,13 +180,22 @@ pub struct DailyPoint {
 pub struct ResultsReport {
     pub metric: Metric,
     /// How lifts should be read: `pooled` when weights never changed, otherwise
-    /// `stratified_inverse_variance` (days as strata; see docs/statistics.md).
+    /// `cohort_inverse_variance` (cohorts of first exposure per weight period
+    /// as strata; see docs/statistics.md).
     pub method: String,
+    /// Days after first exposure a user's outcome is summed over in the
+    /// cohort method; `None` for the whole exposure.
+    pub outcome_window_days: Option<u16>,
     pub arms: Vec<ArmReport>,
     pub comparisons: Vec<ArmComparison>,
-    /// Sample-ratio check against the weights; `None` when weights changed
-    /// (the expected split is then not one set of weights).
+    /// Sample-ratio check: users per arm against the weights they were
+    /// assigned under (summed over periods when weights changed). `mismatch`
+    /// is the verdict of the whole check, this test and every period's.
     pub srm: Option<SrmCheck>,
+    /// Periods of constant weights with their cohorts and per-period SRM.
+    pub periods: Vec<PeriodReport>,
+    /// What makes the numbers above untrustworthy, in words for the page.
+    pub warnings: Vec<String>,
     pub daily: Vec<DailyPoint>,
 }
 
@@ -164,19 +241,18 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
         .find(|a| a.is_control)
         .ok_or_else(|| ValidationError::new("arms", "no control arm"))?;
     let control_estimate = estimate(input.metric, &control.counts)?;
+    let arm_keys: Vec<&ArmKey> = input.arms.iter().map(|a| &a.arm).collect();
+    let cohort_cells = cohort_grid(input, &arm_keys)?;
     let mut comparisons = Vec::new();
     for treatment in input.arms.iter().filter(|a| !a.is_control) {
         let pooled = compare(
             &control_estimate,
             &estimate(input.metric, &treatment.counts)?,
         );
-        let stratified = if input.weights_changed {
-            let periods = daily_periods(&input.daily, &control.arm, &treatment.arm);
-            Some(stratified_lift(
-                input.metric,
-                &periods,
-                Weighting::InverseVariance,
-            )?)
+        let cohort = if input.weights_changed() {
+            let c = arm_position(&arm_keys, &control.arm);
+            let t = arm_position(&arm_keys, &treatment.arm);
+            Some(cohort_lift(input.metric, &cohort_cells, c, t)?)
         } else {
             None
         };
@@ -185,17 +261,53 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             control: control.arm.clone(),
             metric: input.metric,
             pooled,
-            stratified,
+            cohort,
         });
     }
 
-    let srm = if input.weights_changed {
-        None
-    } else {
+    let mut warnings = Vec::new();
+    let (srm, periods) = if input.periods.is_empty() {
+        // Not started through the API (no history): check against the weights now.
         let observed: Vec<u64> = input.arms.iter().map(|a| a.counts.users).collect();
         let weights: Vec<f64> = input.arms.iter().map(|a| a.weight).collect();
-        Some(sample_ratio_mismatch(&observed, &weights)?)
+        (Some(sample_ratio_mismatch(&observed, &weights)?), Vec::new())
+    } else {
+        let observed: Vec<Vec<u64>> = cohort_cells
+            .iter()
+            .map(|row| row.iter().map(|c| c.users).collect())
+            .collect();
+        let weights: Vec<Vec<f64>> = input
+            .periods
+            .iter()
+            .map(|p| arm_keys.iter().map(|a| p.weight_of(a)).collect())
+            .collect();
+        let check = cohort_sample_ratio(&observed, &weights).map_err(|e| e.within("cohorts"))?;
+        let periods = input
+            .periods
+            .iter()
+            .zip(observed.into_iter().zip(weights))
+            .zip(check.by_period)
+            .enumerate()
+            .map(|(index, ((period, (users, weights)), srm))| PeriodReport {
+                index,
+                start: period.start,
+                reason: period.reason.clone(),
+                weights,
+                users,
+                srm,
+            })
+            .collect();
+        let mut overall = check.overall;
+        overall.mismatch = check.mismatch;
+        (Some(overall), periods)
     };
+    if srm.as_ref().is_some_and(|s| s.mismatch) {
+        warnings.push(
+            "sample-ratio mismatch: the users per arm do not match the weights they were \
+             assigned under, so assignment or logging is broken and no lift here can be trusted"
+                .to_owned(),
+        );
+    }
 
     let daily = input
         .daily
@@ -214,55 +326,132 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
 
     Ok(ResultsReport {
         metric: input.metric,
-        method: if input.weights_changed {
-            Weighting::InverseVariance.method_name().to_owned()
+        method: if input.weights_changed() {
+            COHORT_METHOD.to_owned()
         } else {
             "pooled".to_owned()
         },
+        outcome_window_days: input.outcome_window_days,
         arms,
         comparisons,
         srm,
+        periods,
+        warnings,
         daily,
     })
 }
 
-/// Days on which both arms had traffic, as strata for [`stratified_lift`].
-fn daily_periods(daily: &[DailyCounts], control: &ArmKey, treatment: &ArmKey) -> Vec<PeriodCounts> {
-    let mut days: Vec<NaiveDate> = daily.iter().map(|d| d.day).collect();
-    days.sort();
-    days.dedup();
-    days.into_iter()
-        .filter_map(|day| {
-            let find = |arm: &ArmKey| {
-                daily
-                    .iter()
-                    .find(|d| d.day == day && &d.arm == arm)
-                    .map(|d| d.counts)
-            };
-            Some(PeriodCounts {
-                control: find(control)?,
-                treatment: find(treatment)?,
-            })
+/// The report's `method` once weights changed.
+pub const COHORT_METHOD: &str = "cohort_inverse_variance";
+
+fn arm_position(arms: &[&ArmKey], arm: &ArmKey) -> usize {
+    arms.iter().position(|a| *a == arm).unwrap_or(usize::MAX)
+}
+
+/// `cells[k][a]`: the cohort of period k in arm a (zero where nobody came).
+fn cohort_grid(
+    input: &ResultsInput,
+    arms: &[&ArmKey],
+) -> Result<Vec<Vec<ArmCounts>>, ValidationError> {
+    let mut cells = vec![vec![ArmCounts::default(); arms.len()]; input.periods.len()];
+    for (i, cohort) in input.cohorts.iter().enumerate() {
+        let a = arm_position(arms, &cohort.arm);
+        let cell = cells
+            .get_mut(cohort.period)
+            .and_then(|row| row.get_mut(a))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    format!("cohorts[{i}]"),
+                    format!(
+                        "period {} / arm {} is not one of the experiment's",
+                        cohort.period, cohort.arm
+                    ),
+                )
+            })?;
+        *cell = cell.merged(&cohort.counts);
+    }
+    Ok(cells)
+}
+
+/// Compare two arms within each period's cohort, then combine the periods.
+fn cohort_lift(
+    metric: Metric,
+    cells: &[Vec<ArmCounts>],
+    control: usize,
+    treatment: usize,
+) -> Result<CohortLift, ValidationError> {
+    let periods: Vec<PeriodCounts> = cells
+        .iter()
+        .map(|row| PeriodCounts {
+            control: row.get(control).copied().unwrap_or_default(),
+            treatment: row.get(treatment).copied().unwrap_or_default(),
         })
-        .collect()
+        .collect();
+    let mut by_period = Vec::with_capacity(periods.len());
+    for (k, p) in periods.iter().enumerate() {
+        let field = |e: ValidationError| e.within(format!("cohorts.periods[{k}]"));
+        let cmp = compare(
+            &estimate(metric, &p.control).map_err(field)?,
+            &estimate(metric, &p.treatment).map_err(field)?,
+        );
+        by_period.push(PeriodLift {
+            period: k,
+            control_users: p.control.users,
+            treatment_users: p.treatment.users,
+            abs_lift: cmp.abs_lift,
+            std_error: cmp.abs_std_error,
+            ci: cmp.abs_ci,
+            p_value: cmp.p_value,
+        });
+    }
+    Ok(CohortLift {
+        combined: stratified_lift(metric, &periods, Weighting::InverseVariance)?,
+        users_weighted: stratified_lift(metric, &periods, Weighting::Users)?,
+        by_period,
+    })
 }
 
 /// The per-arm table as CSV (header + one row per arm), for spreadsheets.
+/// Written by the csv crate, so an arm key holding `,` or `"` stays one field.
 pub fn arms_csv(report: &ResultsReport) -> String {
     fn opt(v: Option<f64>) -> String {
         v.map(|x| x.to_string()).unwrap_or_default()
     }
-    let mut out = String::from(
-        "arm,algorithm,is_control,weight,users,impressions,clicks,conversions,ctr,ctr_ci_low,ctr_ci_high,\
-         conversion_rate,conversion_ci_low,conversion_ci_high,abs_lift,abs_lift_ci_low,abs_lift_ci_high,\
-         rel_lift,p_value,chance_to_beat_control,expected_loss,\
-         stratified_abs_lift,stratified_ci_low,stratified_ci_high,stratified_p_value,stratified_chance_to_beat\n",
-    );
+    const HEADER: [&str; 26] = [
+        "arm",
+        "algorithm",
+        "is_control",
+        "weight",
+        "users",
+        "impressions",
+        "clicks",
+        "conversions",
+        "ctr",
+        "ctr_ci_low",
+        "ctr_ci_high",
+        "conversion_rate",
+        "conversion_ci_low",
+        "conversion_ci_high",
+        "abs_lift",
+        "abs_lift_ci_low",
+        "abs_lift_ci_high",
+        "rel_lift",
+        "p_value",
+        "chance_to_beat_control",
+        "expected_loss",
+        "cohort_abs_lift",
+        "cohort_ci_low",
+        "cohort_ci_high",
+        "cohort_p_value",
+        "cohort_chance_to_beat",
+    ];
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut rows: Vec<[String; 26]> = Vec::with_capacity(report.arms.len());
     for arm in &report.arms {
         let compared = report.comparisons.iter().find(|c| c.arm == arm.arm);
         let comparison = compared.map(|c| &c.pooled);
-        let stratified = compared.and_then(|c| c.stratified.as_ref());
-        let cols = [
+        let cohort = compared.and_then(|c| c.cohort.as_ref().map(|l| &l.combined));
+        rows.push([
             arm.arm.to_string(),
             arm.algorithm.to_string(),
             arm.is_control.to_string(),
@@ -284,16 +473,22 @@ pub fn arms_csv(report: &ResultsReport) -> String {
             opt(comparison.and_then(|c| c.p_value)),
             opt(comparison.and_then(|c| c.chance_to_beat)),
             opt(comparison.and_then(|c| c.expected_loss)),
-            opt(stratified.and_then(|s| s.estimate)),
-            opt(stratified.and_then(|s| s.ci.map(|i| i.low))),
-            opt(stratified.and_then(|s| s.ci.map(|i| i.high))),
-            opt(stratified.and_then(|s| s.p_value)),
-            opt(stratified.and_then(|s| s.chance_to_beat)),
-        ];
-        out.push_str(&cols.join(","));
-        out.push('\n');
+            opt(cohort.and_then(|s| s.estimate)),
+            opt(cohort.and_then(|s| s.ci.map(|i| i.low))),
+            opt(cohort.and_then(|s| s.ci.map(|i| i.high))),
+            opt(cohort.and_then(|s| s.p_value)),
+            opt(cohort.and_then(|s| s.chance_to_beat)),
+        ]);
     }
-    out
+    // Writing into a Vec cannot fail for I/O; a csv error here would be a bug
+    // in the writer, and an empty export says so better than a panic.
+    let written = out
+        .write_record(HEADER)
+        .and_then(|()| rows.iter().try_for_each(|r| out.write_record(r)));
+    match (written, out.into_inner()) {
+        (Ok(()), Ok(bytes)) => String::from_utf8(bytes).unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -331,7 +526,9 @@ mod tests {
             metric: Metric::Ctr,
             arms: vec![arm("a", true, 1000, 500), arm("b", false, 1300, 780)],
             daily: vec![],
-            weights_changed: false,
+            periods: vec![],
+            cohorts: vec![],
+            outcome_window_days: None,
         };
         let report = build_report(&input).unwrap();
         assert_eq!(report.method, "pooled");
@@ -352,38 +549,103 @@ mod tests {
     }
 
     #[test]
-    fn changed_weights_switch_to_the_stratified_method() {
-        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 1, d).unwrap();
+    fn changed_weights_switch_to_the_cohort_method() {
+        let at = |s| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(s);
         let a = arm("a", true, 1000, 500);
         let b = arm("b", false, 1000, 500);
-        let daily = vec![
-            DailyCounts {
-                day: day(1),
-                arm: a.arm.clone(),
-                counts: a.counts,
+        let key = |k: &str| ArmKey::parse(k).unwrap();
+        let periods = vec![
+            WeightPeriod {
+                start: at(0),
+                reason: "start".into(),
+                weights: vec![(key("a"), 0.5), (key("b"), 0.5)],
             },
-            DailyCounts {
-                day: day(1),
-                arm: b.arm.clone(),
-                counts: b.counts,
+            WeightPeriod {
+                start: at(3600),
+                reason: "thompson".into(),
+                weights: vec![(key("a"), 0.2), (key("b"), 0.8)],
+            },
+        ];
+        let half = arm("x", true, 500, 250).counts;
+        let fifth = arm("x", true, 200, 100).counts;
+        let four_fifths = arm("x", true, 800, 400).counts;
+        let cohorts = vec![
+            CohortCounts {
+                period: 0,
+                arm: key("a"),
+                counts: half,
+            },
+            CohortCounts {
+                period: 0,
+                arm: key("b"),
+                counts: half,
+            },
+            CohortCounts {
+                period: 1,
+                arm: key("a"),
+                counts: fifth,
+            },
+            CohortCounts {
+                period: 1,
+                arm: key("b"),
+                counts: four_fifths,
             },
         ];
         let input = ResultsInput {
             metric: Metric::Ctr,
             arms: vec![a, b],
-            daily,
-            weights_changed: true,
+            daily: vec![],
+            periods,
+            cohorts,
+            outcome_window_days: Some(7),
         };
         let report = build_report(&input).unwrap();
-        assert_eq!(report.method, "stratified_inverse_variance");
-        assert!(report.srm.is_none());
-        assert_eq!(
-            report.comparisons[0]
-                .stratified
-                .as_ref()
-                .unwrap()
-                .periods_used,
-            1
-        );
+        assert_eq!(report.method, COHORT_METHOD);
+        assert_eq!(report.outcome_window_days, Some(7));
+        let srm = report.srm.as_ref().unwrap();
+        assert_eq!(srm.expected, vec![700.0, 1300.0]);
+        assert!(!srm.mismatch, "{srm:?}");
+        assert!(report.warnings.is_empty());
+        assert_eq!(report.periods.len(), 2);
+        assert_eq!(report.periods[1].users, vec![200, 800]);
+        assert_eq!(report.periods[1].weights, vec![0.2, 0.8]);
+        let cohort = report.comparisons[0].cohort.as_ref().unwrap();
+        assert_eq!(cohort.combined.periods_used, 2);
+        assert_eq!(cohort.by_period[1].treatment_users, 800);
+        assert!(cohort.combined.estimate.unwrap().abs() < 1e-12);
+
+        // Half of period 1's treatment users lost: the check fires and warns.
+        let mut broken = input.clone();
+        broken.cohorts[3].counts = fifth;
+        let report = build_report(&broken).unwrap();
+        assert!(report.srm.as_ref().unwrap().mismatch);
+        assert_eq!(report.warnings.len(), 1);
+
+        let mut stray = input;
+        stray.cohorts[0].period = 5;
+        assert_eq!(build_report(&stray).unwrap_err().field, "cohorts[0]");
+    }
+
+    #[test]
+    fn csv_keeps_an_arm_key_with_commas_and_quotes_in_one_field() {
+        let mut odd = arm("a", true, 1000, 500);
+        odd.arm = ArmKey::parse("odd,\"arm\"").unwrap();
+        let input = ResultsInput {
+            metric: Metric::Ctr,
+            arms: vec![odd, arm("b", false, 1000, 520)],
+            daily: vec![],
+            periods: vec![],
+            cohorts: vec![],
+            outcome_window_days: None,
+        };
+        let report = build_report(&input).unwrap();
+        let csv = arms_csv(&report);
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header = reader.headers().unwrap().clone();
+        let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(&rows[0][0], "odd,\"arm\"");
+        assert_eq!(rows[0].len(), header.len());
+        assert_eq!(&rows[1][4], "1000");
     }
 }

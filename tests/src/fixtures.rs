@@ -97,3 +97,40 @@ pub fn simulated_rows(
     }
     rows
 }
+
+/// Movies 1..=`n` in the catalogue (titles and one genre), for serving tests.
+pub async fn seed_catalog(stack: &TestStack, n: i64) {
+    sqlx::query(
+        "INSERT INTO movies (id, title, genres) SELECT i, 'Movie ' || i, ARRAY['Drama'] FROM generate_series(1, $1) i",
+    )
+    .bind(n)
+    .execute(&stack.stores.pg)
+    .await
+    .expect("seed the catalogue");
+}
+
+/// A precomputed list of `movies` for every user in `users` under `algorithm`.
+pub async fn put_lists(stack: &TestStack, algorithm: &str, users: &[String], movies: &[i64]) {
+    use deadpool_redis::redis;
+    use domain::ids::MovieId;
+    use domain::recommend::{PrecomputedList, ScoredItem};
+    let list = serde_json::to_string(&PrecomputedList {
+        model_version: format!("{algorithm}-v1"),
+        items: movies
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| ScoredItem {
+                movie_id: MovieId::parse(m).expect("movie id"),
+                score: 1.0 - i as f32 / 100.0,
+            })
+            .collect(),
+    })
+    .expect("list json");
+    let mut conn = stack.stores.redis.conn().await.expect("redis");
+    let keys = &stack.stores.redis.keys;
+    let mut pipe = redis::pipe();
+    for user in users {
+        pipe.set(keys.recs(algorithm, user), &list);
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("put lists");
+}

@@ -5,6 +5,7 @@
 //!
 //! The stack itself must be up (`scripts/stack.sh up`; `scripts/test.sh` does it).
 
+pub mod browser;
 pub mod cuttable_proxy;
 pub mod events_topic;
 pub mod fixtures;

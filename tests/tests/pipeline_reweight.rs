@@ -28,8 +28,9 @@ async fn weight(stack: &TestStack, arm: &str) -> f64 {
 async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
     let stack = TestStack::fresh().await;
     sqlx::query(
-        "INSERT INTO experiments (key, status, salt, policy, metric, min_weight, reweight_interval_s, started_at) \
-         VALUES ('bandit', 'running', 'bandit-salt', 'thompson', 'ctr', 0.05, 1, now())",
+        "INSERT INTO experiments (key, status, salt, policy, metric, min_weight, reweight_interval_s, \
+                                  burn_in_users, exploration_s, started_at) \
+         VALUES ('bandit', 'running', 'bandit-salt', 'thompson', 'ctr', 0.05, 1, 100, 0, now())",
     )
     .execute(&stack.stores.pg)
     .await
@@ -163,7 +164,10 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
     for (_, rows, posterior) in &runs {
         assert_eq!(*rows, 2);
         let posterior = posterior.as_ref().unwrap();
-        assert!(posterior["alpha"].as_f64().unwrap() >= 1.0, "{posterior}");
+        // Per-user posteriors: every arm past the burn-in of 100 users.
+        assert!(posterior["users"].as_u64().unwrap() >= 100, "{posterior}");
+        assert_eq!(posterior["model"], "gaussian_per_user");
+        assert!(posterior["std_error"].as_f64().unwrap() > 0.0, "{posterior}");
         assert!(posterior.get("seed").is_some());
     }
     for pair in runs.windows(2) {

@@ -1,9 +1,22 @@
 //! Results of a simulated experiment with known counts: the JSON matches the
 //! hand-computed numbers and the domain's statistics; the CSV says the same.
 
+use std::time::Duration;
+
+use domain::events::{Event, EventKind};
+use domain::experiment::{Policy, ProbBestMethod, Reweight};
+use domain::ids::{ArmKey, RequestId};
+use domain::ports::pipeline::{ArmWeight, PublishedWeights, ReweightRepository, WeightsPublisher};
+use domain::results::COHORT_METHOD;
 use domain::stats::{compare, estimate, sample_ratio_mismatch, ArmCounts, Metric};
-use marquee_tests::fixtures::{create_two_arm_experiment, simulated_rows};
-use marquee_tests::{spawn_api, TestStack};
+use marquee_tests::browser::{artifacts, browse, count};
+use marquee_tests::fixtures::{create_two_arm_experiment, put_lists, seed_catalog, simulated_rows};
+use marquee_tests::worker_harness::{
+    action, impression, items, produce_events, producer, spawn_worker,
+};
+use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
+use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::reweight::PgReweightRepository;
 use serde_json::Value;
 
 fn close(a: f64, b: f64) -> bool {
@@ -180,11 +193,12 @@ async fn unknown_experiment_and_bad_dates_are_4xx() {
 }
 
 /// Once the split has moved (a reweight after the start), pooling mixes
-/// periods of different splits: the route reports the day-stratified lift,
-/// leaves out the sample-ratio check (the split is not one ratio any more),
-/// and the CSV and the dashboard headline carry the stratified numbers.
+/// users assigned under different splits: the route reports the cohort lift
+/// (here every user arrived before the change, so one cohort is compared),
+/// the periods and the sample-ratio check across them, and the CSV and the
+/// dashboard headline carry the cohort numbers.
 #[tokio::test]
-async fn a_reweighted_experiment_reports_and_exports_the_stratified_lift() {
+async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
     let stack = TestStack::fresh().await;
     create_two_arm_experiment(&stack, "home").await;
     sqlx::query(
@@ -216,12 +230,20 @@ async fn a_reweighted_experiment_reports_and_exports_the_stratified_lift() {
         .await
         .unwrap();
     let report = &body["report"];
-    assert_eq!(report["method"], "stratified_inverse_variance");
-    assert!(report["srm"].is_null(), "{}", report["srm"]);
-    let stratified = &report["comparisons"][0]["stratified"];
-    let estimate = stratified["estimate"].as_f64().unwrap();
-    let chance = stratified["chance_to_beat"].as_f64().unwrap();
-    assert!(estimate > 0.0 && chance > 0.5, "{stratified}");
+    assert_eq!(report["method"], COHORT_METHOD);
+    let periods = report["periods"].as_array().unwrap();
+    assert_eq!(periods.len(), 2, "{periods:?}");
+    assert_eq!(periods[0]["users"], serde_json::json!([200, 220]));
+    assert_eq!(periods[1]["users"], serde_json::json!([0, 0]));
+    assert_eq!(periods[1]["weights"], serde_json::json!([0.3, 0.7]));
+    let srm = sample_ratio_mismatch(&[200, 220], &[0.5, 0.5]).unwrap();
+    assert!(close(report["srm"]["p_value"].as_f64().unwrap(), srm.p_value));
+    assert_eq!(report["srm"]["mismatch"], false);
+    let cohort = &report["comparisons"][0]["cohort"]["combined"];
+    assert_eq!(cohort["periods_used"], 1);
+    let estimate = cohort["estimate"].as_f64().unwrap();
+    let chance = cohort["chance_to_beat"].as_f64().unwrap();
+    assert!(close(estimate, 0.08) && chance > 0.5, "{cohort}");
 
     let csv = get("/v1/experiments/home/results?format=csv")
         .await
@@ -229,15 +251,12 @@ async fn a_reweighted_experiment_reports_and_exports_the_stratified_lift() {
         .text()
         .await
         .unwrap();
-    let lines: Vec<&str> = csv.lines().collect();
-    let header: Vec<&str> = lines[0].split(',').collect();
-    let treatment: Vec<&str> = lines[2].split(',').collect();
-    let col = |name: &str| treatment[header.iter().position(|h| *h == name).unwrap()];
-    assert!(close(col("stratified_abs_lift").parse().unwrap(), estimate));
-    assert!(close(
-        col("stratified_chance_to_beat").parse().unwrap(),
-        chance
-    ));
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let col = |name: &str| rows[1][header.iter().position(|h| h == name).unwrap()].to_owned();
+    assert!(close(col("cohort_abs_lift").parse().unwrap(), estimate));
+    assert!(close(col("cohort_chance_to_beat").parse().unwrap(), chance));
 
     let summaries: Value = get("/v1/dashboard/experiments")
         .await
@@ -254,4 +273,280 @@ async fn a_reweighted_experiment_reports_and_exports_the_stratified_lift() {
             chance * 100.0
         )
     );
+}
+
+/// Serve `users` through the api (real assignment and impressions to Kafka)
+/// and click for the treatment's users: each treatment user clicks the first
+/// movie of every list, each control user every fourth time. Returns each
+/// user's arm.
+async fn serve(
+    api: &TestApi,
+    key: &str,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    users: &[String],
+) -> Vec<String> {
+    let mut arms = Vec::with_capacity(users.len());
+    let mut clicks = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let body: Value = api
+            .client
+            .get(api.url(&format!(
+                "/v1/users/{user}/recommendations?experiment=cohorts"
+            )))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let arm = body["arm"].as_str().unwrap_or_default().to_owned();
+        let request: uuid::Uuid = body["request_id"].as_str().unwrap().parse().unwrap();
+        let first = body["items"][0]["movie_id"].as_i64().unwrap();
+        if arm == "treatment" || i % 4 == 0 {
+            clicks.push(action(
+                EventKind::Click,
+                user,
+                Some(first),
+                Some(RequestId::from(request)),
+            ));
+        }
+        arms.push(arm);
+    }
+    produce_events(producer, topic, &clicks).await;
+    arms
+}
+
+async fn assignments(stack: &TestStack) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM assignments WHERE experiment_key = 'cohorts'")
+        .fetch_one(&stack.stores.pg)
+        .await
+        .unwrap()
+}
+
+async fn stored_impressions(stack: &TestStack) -> u64 {
+    stack
+        .stores
+        .analytics
+        .client()
+        .query("SELECT count() FROM events FINAL WHERE type = 'impression'")
+        .fetch_one::<u64>()
+        .await
+        .unwrap()
+}
+
+async fn periods(stack: &TestStack) -> usize {
+    repositories::postgres::experiments::weight_periods(&stack.stores.pg, "cohorts")
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Through the real pipeline: users served by the api in three waves while
+/// the weights change twice (once by the bandit, once written the way the
+/// bandit writes), earlier users returning in every wave. The results route
+/// reports the cohort method, three periods holding exactly the users first
+/// served in each, and a sample-ratio check that passes; impressions for 150
+/// users who bypassed assignment then make it fail, and the dashboard shows
+/// the method, the periods and the warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
+    const WAVE: usize = 120;
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack, 40).await;
+    sqlx::query(
+        "INSERT INTO experiments (key, status, salt, policy, metric, min_weight, reweight_interval_s, \
+                                  burn_in_users, exploration_s) \
+         VALUES ('cohorts', 'draft', 'cohorts', 'thompson', 'ctr', 0.1, 1, 20, 0)",
+    )
+    .execute(&stack.stores.pg)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO arms (experiment_key, arm_key, algorithm_key, weight, is_control, position) VALUES \
+         ('cohorts', 'control', 'popularity', 0.5, true, 0), ('cohorts', 'treatment', 'als', 0.5, false, 1)",
+    )
+    .execute(&stack.stores.pg)
+    .await
+    .unwrap();
+    repositories::postgres::experiments::set_status(
+        &stack.stores.pg,
+        "cohorts",
+        domain::experiment::ExperimentStatus::Running,
+    )
+    .await
+    .unwrap();
+    let waves: Vec<Vec<String>> = (0..3)
+        .map(|w| (0..WAVE).map(|u| format!("wave{w}-user{u}")).collect())
+        .collect();
+    let everyone: Vec<String> = waves.concat();
+    put_lists(&stack, "popularity", &everyone, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await;
+    put_lists(&stack, "als", &everyone, &[11, 12, 13, 14, 15, 16, 17, 18, 19, 20]).await;
+
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = api_keys::create(&stack.stores.pg, Role::Client, "cohort-test")
+        .await
+        .unwrap()
+        .1;
+    let worker = spawn_worker(&stack, |c| c.reweight_tick_ms = 100).await;
+    let producer = producer(&stack);
+    let topic = stack.settings.events_topic.clone();
+    let mut arms_by_wave: Vec<Vec<String>> = Vec::new();
+
+    // Wave 1 at 50/50, then the bandit moves the weights (treatment clicks more).
+    arms_by_wave.push(serve(&api, &key, &producer, &topic, &waves[0]).await);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            assignments(&stack).await == WAVE as i64
+        })
+        .await,
+        "wave 1's assignments recorded"
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || async { periods(&stack).await >= 2 }).await,
+        "the bandit moved the weights once wave 1 was counted"
+    );
+    // No more bandit runs: the second change is the test's, at a known time.
+    sqlx::query("UPDATE experiments SET reweight_interval_s = 1000000 WHERE key = 'cohorts'")
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(periods(&stack).await, 2, "one change by the bandit");
+
+    // Wave 2: wave 1 returns, new users follow the bandit's weights.
+    serve(&api, &key, &producer, &topic, &waves[0]).await;
+    arms_by_wave.push(serve(&api, &key, &producer, &topic, &waves[1]).await);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            assignments(&stack).await == 2 * WAVE as i64
+        })
+        .await,
+        "wave 2's assignments recorded"
+    );
+
+    // The second change, written and announced as the bandit does it.
+    let experiment = repositories::postgres::experiments::get(&stack.stores.pg, "cohorts")
+        .await
+        .unwrap()
+        .unwrap()
+        .experiment;
+    let arms: Vec<ArmKey> = experiment.arms().iter().map(|a| a.key.clone()).collect();
+    let change = Reweight {
+        weights: vec![(arms[0].clone(), 0.7), (arms[1].clone(), 0.3)],
+        posteriors: Vec::new(),
+        draws: 0,
+        seed: 0,
+        policy: Policy::ThompsonSampling,
+        method: ProbBestMethod::Exact,
+        top_two: false,
+        periods_used: 0,
+        held: false,
+    };
+    PgReweightRepository::new(stack.stores.pg.clone(), Duration::from_secs(5))
+        .record_weights(experiment.key(), &change, "analyst")
+        .await
+        .unwrap();
+    stack
+        .stores
+        .redis
+        .publish(&PublishedWeights {
+            experiment: experiment.key().clone(),
+            weights: change
+                .weights
+                .iter()
+                .map(|(arm, weight)| ArmWeight {
+                    arm: arm.clone(),
+                    weight: *weight,
+                })
+                .collect(),
+            computed_at: chrono::Utc::now(),
+            reason: "analyst".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Wave 3: waves 1 and 2 return, new users follow 70/30.
+    serve(&api, &key, &producer, &topic, &waves[0]).await;
+    serve(&api, &key, &producer, &topic, &waves[1]).await;
+    arms_by_wave.push(serve(&api, &key, &producer, &topic, &waves[2]).await);
+
+    // Every impression (6 waves served) and click counted.
+    let impressions = 6 * WAVE as u64;
+    let counted = eventually(Duration::from_secs(60), || async {
+        stored_impressions(&stack).await >= impressions
+    })
+    .await;
+    assert!(
+        counted,
+        "impressions reached ClickHouse: {} of {impressions}",
+        stored_impressions(&stack).await
+    );
+
+    let results = |api: &TestApi| {
+        let request = api
+            .client
+            .get(api.url("/v1/experiments/cohorts/results"))
+            .header("x-api-key", &api.admin_key)
+            .send();
+        async move { request.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let body = results(&api).await;
+    let report = &body["report"];
+    assert_eq!(report["method"], COHORT_METHOD, "{report}");
+    let periods = report["periods"].as_array().unwrap();
+    assert_eq!(periods.len(), 3, "{periods:?}");
+    for (k, wave) in arms_by_wave.iter().enumerate() {
+        let control = wave.iter().filter(|a| *a == "control").count() as u64;
+        let treatment = wave.iter().filter(|a| *a == "treatment").count() as u64;
+        assert_eq!(
+            periods[k]["users"],
+            serde_json::json!([control, treatment]),
+            "period {k} holds exactly the users first served in wave {k}"
+        );
+    }
+    assert_eq!(periods[2]["weights"], serde_json::json!([0.7, 0.3]));
+    assert_eq!(report["srm"]["mismatch"], false, "{}", report["srm"]);
+    assert!(report["warnings"].as_array().unwrap().is_empty());
+    let cohort = &report["comparisons"][0]["cohort"];
+    assert_eq!(cohort["by_period"].as_array().unwrap().len(), 3);
+    assert!(
+        cohort["combined"]["estimate"].as_f64().unwrap() > 0.0,
+        "treatment users click more: {cohort}"
+    );
+
+    // An assignment bug: 150 users in control who never went through assignment.
+    let rogue: Vec<Event> = (0..150)
+        .map(|u| impression(&format!("rogue-{u}"), "cohorts", "control", "popularity", items(1, 10)))
+        .collect();
+    produce_events(&producer, &topic, &rogue).await;
+    let flagged = eventually(Duration::from_secs(60), || async {
+        results(&api).await["report"]["srm"]["mismatch"] == true
+    })
+    .await;
+    assert!(flagged, "150 unassigned users in one arm fail the sample-ratio check");
+    let body = results(&api).await;
+    assert!(!body["report"]["warnings"].as_array().unwrap().is_empty());
+
+    let dom = browse(
+        &api,
+        "/dashboard?experiment=cohorts",
+        &["--dump-dom".to_owned()],
+    )
+    .await;
+    assert!(dom.contains(r#"data-ready="detail""#), "{dom}");
+    assert!(dom.contains(r#"data-method="cohort_inverse_variance""#), "{dom}");
+    assert!(dom.contains("Method: cohort analysis"), "{dom}");
+    assert_eq!(count(&dom, r#"data-period=""#), 3, "{dom}");
+    assert!(dom.contains("Sample-ratio mismatch"), "{dom}");
+    let shot = artifacts().join("dashboard-cohorts.png");
+    browse(
+        &api,
+        "/dashboard?experiment=cohorts",
+        &[format!("--screenshot={}", shot.display())],
+    )
+    .await;
+    worker.stop().await;
 }

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 
 use chrono::Utc;
-use domain::experiment::reweight;
+use domain::experiment::{reweight, BanditEvidence, ReweightOutcome};
 use domain::ports::pipeline::{
-    ArmStatsSource, ArmWeight, LeasedExperiment, PublishedWeights, ReweightRepository, StoreError,
-    WeightsPublisher,
+    ArmWeight, CohortSource, CohortWindow, LeasedExperiment, PublishedWeights, ReweightRepository,
+    StoreError, WeightsPublisher,
 };
+use domain::stats::ArmCounts;
 use repositories::clickhouse::Analytics;
 use repositories::redis::RedisStore;
 use tokio_util::sync::CancellationToken;
@@ -34,12 +35,12 @@ where
     }
 }
 
-/// Reweights running Thompson-sampling experiments from their ClickHouse
-/// aggregates; each experiment at most once per its own interval across all
-/// workers (the lease is taken in PostgreSQL).
+/// Reweights running Thompson-sampling experiments from their users' sums by
+/// cohort of first exposure (ClickHouse); each experiment at most once per
+/// its own interval across all workers (the lease is taken in PostgreSQL).
 pub struct Reweighter {
     pub repo: Arc<dyn ReweightRepository>,
-    pub stats: Arc<dyn ArmStatsSource>,
+    pub cohorts: Arc<dyn CohortSource>,
     pub publisher: Arc<dyn WeightsPublisher>,
 }
 
@@ -51,7 +52,7 @@ impl Reweighter {
                     for leased in due {
                         let key = leased.experiment.key().clone();
                         let outcome = match self.reweight_one(&leased).await {
-                            Ok(()) => "ok",
+                            Ok(outcome) => outcome,
                             Err(e) => {
                                 tracing::warn!(experiment = %key, error = %e, "reweight failed; next try after the interval");
                                 "error"
@@ -67,42 +68,79 @@ impl Reweighter {
         .await
     }
 
-    async fn reweight_one(&self, leased: &LeasedExperiment) -> Result<(), StoreError> {
+    async fn reweight_one(&self, leased: &LeasedExperiment) -> Result<&'static str, StoreError> {
         let experiment = &leased.experiment;
-        let stats = self
-            .stats
-            .arm_stats(experiment.key(), experiment.metric())
+        let starts: Vec<_> = leased.periods.iter().map(|p| p.start).collect();
+        let rows = self
+            .cohorts
+            .cohort_counts(experiment.key(), &starts, CohortWindow::default())
             .await?;
+        let arms = experiment.arms();
+        let mut cells = vec![vec![ArmCounts::default(); arms.len()]; leased.periods.len().max(1)];
+        for row in rows {
+            // Users of an arm the experiment no longer has cannot inform its weights.
+            let Some(a) = experiment.arm_index(&row.arm) else {
+                continue;
+            };
+            if let Some(cell) = cells.get_mut(row.period).and_then(|r| r.get_mut(a)) {
+                *cell = cell.merged(&row.counts);
+            }
+        }
+        let running_s = leased
+            .started_at
+            .map_or(0, |s| (leased.leased_at - s).num_seconds().max(0) as u64);
         // A fresh seed per run; it is kept in the history so the run can be replayed.
         let seed: u64 = rand::random();
-        let result = reweight(experiment, &stats, seed)
-            .map_err(|e| StoreError::new("domain", false, format!("reweight: {e}")))?;
+        let evidence = BanditEvidence {
+            cohorts: &cells,
+            running_s,
+        };
+        let result = match reweight(experiment, evidence, seed)
+            .map_err(|e| StoreError::new("domain", false, format!("reweight: {e}")))?
+        {
+            ReweightOutcome::Reweighted(result) => result,
+            ReweightOutcome::BurnIn(burn_in) => {
+                tracing::info!(
+                    experiment = %experiment.key(),
+                    fewest_users = burn_in.fewest_users,
+                    burn_in_users = burn_in.burn_in_users,
+                    running_s = burn_in.running_s,
+                    exploration_s = burn_in.exploration_s,
+                    "bandit still in burn-in; weights unchanged"
+                );
+                return Ok("burn_in");
+            }
+        };
         let reason = experiment.policy().as_str();
         self.repo
             .record_weights(experiment.key(), &result, reason)
             .await?;
-        self.publisher
-            .publish(&PublishedWeights {
-                experiment: experiment.key().clone(),
-                weights: result
-                    .weights
-                    .iter()
-                    .map(|(arm, weight)| ArmWeight {
-                        arm: arm.clone(),
-                        weight: *weight,
-                    })
-                    .collect(),
-                computed_at: Utc::now(),
-                reason: reason.to_owned(),
-            })
-            .await?;
+        if !result.held {
+            self.publisher
+                .publish(&PublishedWeights {
+                    experiment: experiment.key().clone(),
+                    weights: result
+                        .weights
+                        .iter()
+                        .map(|(arm, weight)| ArmWeight {
+                            arm: arm.clone(),
+                            weight: *weight,
+                        })
+                        .collect(),
+                    computed_at: Utc::now(),
+                    reason: reason.to_owned(),
+                })
+                .await?;
+        }
         tracing::info!(
             experiment = %experiment.key(),
+            held = result.held,
             weights = ?result.weights.iter().map(|(a, w)| format!("{a}={w:.3}")).collect::<Vec<_>>(),
-            trials = ?stats.iter().map(|s| (s.arm.to_string(), s.successes, s.trials)).collect::<Vec<_>>(),
+            posteriors = ?result.posteriors.iter().map(|p| format!("{}: n={} mean={:.5} se={:.5} p_best={:.3}", p.arm, p.users, p.mean, p.std_error, p.prob_best)).collect::<Vec<_>>(),
+            periods_used = result.periods_used,
             "reweighted"
         );
-        Ok(())
+        Ok(if result.held { "held" } else { "ok" })
     }
 }
 

@@ -137,7 +137,7 @@ impl Worker {
         let analytics: Analytics = stores.analytics.clone();
         let reweighter = Reweighter {
             repo: Arc::new(PgReweightRepository::new(stores.pg.clone(), timeout)),
-            stats: Arc::new(analytics.clone()),
+            cohorts: Arc::new(analytics.clone()),
             publisher: Arc::new(stores.redis.clone()),
         };
         let jobs = vec![

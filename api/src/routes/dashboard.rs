@@ -45,6 +45,8 @@ pub struct ExperimentSummary {
     pub headline: Option<String>,
     /// `good` when that lift's CI is above 0, `bad` when below, absent otherwise.
     pub headline_tone: Option<&'static str>,
+    /// The sample-ratio check failed: the list shows a warning instead of trusting the headline.
+    pub srm_mismatch: bool,
 }
 
 /// The experiments list behind the dashboard.
@@ -74,9 +76,9 @@ pub async fn experiments(
     .map_err(repositories::RepoError::from)?;
     let mut experiments = Vec::with_capacity(rows.len());
     for (key, status, policy, metric) in rows {
-        let (headline, headline_tone) = match ExperimentKey::parse(key.clone()) {
+        let (headline, headline_tone, srm_mismatch) = match ExperimentKey::parse(key.clone()) {
             Ok(parsed) if status != "draft" => headline(&state, &parsed, &metric).await,
-            _ => (None, None),
+            _ => (None, None, false),
         };
         experiments.push(ExperimentSummary {
             key,
@@ -85,6 +87,7 @@ pub async fn experiments(
             metric,
             headline,
             headline_tone,
+            srm_mismatch,
         });
     }
     Ok(Json(ExperimentSummaries { experiments }))
@@ -94,19 +97,28 @@ async fn headline(
     state: &AppState,
     key: &ExperimentKey,
     metric: &str,
-) -> (Option<String>, Option<&'static str>) {
+) -> (Option<String>, Option<&'static str>, bool) {
     let results = match load_results(state, key, None, None).await {
         Ok(results) => results,
-        Err(ApiError::NotFound(_)) => return (None, None),
+        Err(ApiError::NotFound(_)) => return (None, None, false),
         Err(e) => {
             tracing::warn!(experiment = %key, error = %e, "no headline");
-            return (None, None);
+            return (None, None, false);
         }
     };
+    let srm_mismatch = results.report.srm.as_ref().is_some_and(|s| s.mismatch);
+    let (headline, tone) = headline_of(&results.report, metric);
+    (headline, tone, srm_mismatch)
+}
+
+fn headline_of(
+    report: &domain::results::ResultsReport,
+    metric: &str,
+) -> (Option<String>, Option<&'static str>) {
     // As on the page: the pooled relative lift while the weights held, the
-    // day-stratified absolute lift (percentage points) once they moved.
-    let lifts = results.report.comparisons.iter().filter_map(|c| {
-        let lift = match &c.stratified {
+    // cohort absolute lift (percentage points) once they moved.
+    let lifts = report.comparisons.iter().filter_map(|c| {
+        let lift = match c.cohort.as_ref().map(|l| &l.combined) {
             Some(s) => HeadlineLift {
                 value: s.estimate?,
                 ci: s.ci,

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::experiment::{
-    Arm, Experiment, ExperimentSpec, ExperimentStatus, HashVersion, Metric, Policy,
+    Arm, BanditSettings, Experiment, ExperimentSpec, ExperimentStatus, HashVersion, Metric, Policy,
 };
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
 use domain::ports::pipeline::{ArmWeight, PublishedWeights, WeightsPublisher};
@@ -75,6 +75,15 @@ pub struct NewExperiment {
     /// Seconds between bandit reweights, > 0. Default 300.
     #[schema(example = 300)]
     pub reweight_interval_s: Option<u32>,
+    /// The bandit's burn-in: no reweight until every arm has `burn_in_users`
+    /// users (default 100) and the experiment has run `exploration_s` seconds
+    /// (default 3600); `top_two` switches to top-two Thompson sampling.
+    pub bandit: Option<BanditInput>,
+    /// Measure each user over this many days after their first exposure
+    /// (1 to 366) in the cohort analysis, so early and late cohorts are
+    /// measured alike. Default: the whole exposure.
+    #[schema(example = 7)]
+    pub outcome_window_days: Option<u16>,
     /// Fraction of users in the experiment, in (0, 1]. Default 1.
     pub coverage: Option<f64>,
     /// Seed of the assignment hash; generated when absent.
@@ -83,6 +92,28 @@ pub struct NewExperiment {
     pub hash_version: Option<i64>,
     /// At least two, in bucket order (the order defines the hash ranges).
     pub arms: Vec<ArmInput>,
+}
+
+/// Bandit settings of a new experiment; each field has its default when absent.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BanditInput {
+    /// Users every arm needs before the first reweight, 0 to 100,000,000. Default 100.
+    #[schema(example = 100)]
+    pub burn_in_users: Option<u32>,
+    /// Seconds the experiment runs before the first reweight, at most 90 days. Default 3600.
+    #[schema(example = 3600)]
+    pub exploration_s: Option<u32>,
+    /// Top-two Thompson sampling (three or more arms). Default false.
+    pub top_two: Option<bool>,
+}
+
+/// The bandit settings as stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BanditView {
+    pub burn_in_users: u32,
+    pub exploration_s: u32,
+    pub top_two: bool,
 }
 
 /// A draft's new arm list.
@@ -112,6 +143,9 @@ pub struct ExperimentView {
     pub metric: String,
     pub min_weight: f64,
     pub reweight_interval_s: u32,
+    pub bandit: BanditView,
+    /// Days after first exposure a user is measured over; null = whole exposure.
+    pub outcome_window_days: Option<u16>,
     pub coverage: f64,
     pub salt: String,
     pub hash_version: u8,
@@ -134,6 +168,12 @@ impl From<&ExperimentRecord> for ExperimentView {
             metric: e.metric().as_str().to_owned(),
             min_weight: e.min_weight(),
             reweight_interval_s: e.reweight_interval_s(),
+            bandit: BanditView {
+                burn_in_users: e.bandit().burn_in_users,
+                exploration_s: e.bandit().exploration_s,
+                top_two: e.bandit().top_two,
+            },
+            outcome_window_days: e.outcome_window_days(),
             coverage: e.coverage(),
             salt: e.salt().to_owned(),
             hash_version: e.hash_version().number(),
@@ -277,6 +317,20 @@ fn spec_from(input: NewExperiment) -> Result<(ExperimentSpec, String), Validatio
             .unwrap_or(Metric::Ctr),
         min_weight: input.min_weight.unwrap_or(0.05),
         reweight_interval_s: input.reweight_interval_s.unwrap_or(300),
+        bandit: {
+            let defaults = BanditSettings::default();
+            let given = input.bandit.as_ref();
+            BanditSettings {
+                burn_in_users: given
+                    .and_then(|b| b.burn_in_users)
+                    .unwrap_or(defaults.burn_in_users),
+                exploration_s: given
+                    .and_then(|b| b.exploration_s)
+                    .unwrap_or(defaults.exploration_s),
+                top_two: given.and_then(|b| b.top_two).unwrap_or(defaults.top_two),
+            }
+        },
+        outcome_window_days: input.outcome_window_days,
         arms: arms_from(input.arms)?,
     };
     Ok((spec, input.description))

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
+use domain::ports::pipeline::{CohortSource, CohortWindow};
 use domain::results::{
     arms_csv, build_report, ArmTotals, DailyCounts, ResultsInput, ResultsReport,
 };
@@ -71,6 +72,7 @@ struct ExperimentRow {
     metric: String,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
+    outcome_window_days: Option<i16>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -142,7 +144,8 @@ pub async fn load_results(
     let to_given = to.map(|t| parse_day("to", t)).transpose()?;
     let pg = &state.stores.pg;
     let experiment: ExperimentRow = sqlx::query_as(
-        "SELECT key, status, policy, metric, created_at, started_at FROM experiments WHERE key = $1",
+        "SELECT key, status, policy, metric, created_at, started_at, outcome_window_days \
+         FROM experiments WHERE key = $1",
     )
     .bind(key.as_str())
     .fetch_optional(pg)
@@ -156,6 +159,7 @@ pub async fn load_results(
     .fetch_all(pg)
     .await
     .map_err(repositories::RepoError::from)?;
+    let periods = repositories::postgres::experiments::weight_periods(pg, key.as_str()).await?;
     let history: Vec<(String, f64, DateTime<Utc>, String)> = sqlx::query_as(
         "SELECT arm_key, weight, computed_at, reason FROM weight_history WHERE experiment_key = $1 ORDER BY computed_at, arm_key",
     )
@@ -174,7 +178,6 @@ pub async fn load_results(
         return Err(ApiError::bad_request("from", "must not be after `to`"));
     }
     let window = DayWindow { from, to };
-    let weights_changed = split_changed(&history);
     let whole_run = from_given.is_none() && to_given.is_none();
     let analytics = &state.stores.analytics;
     let experiment_key = key.as_str();
@@ -185,56 +188,65 @@ pub async fn load_results(
             analytics.arm_totals(experiment_key, window).await
         }
     };
-    // Per-user daily sums are only needed to stratify by day when weights changed;
-    // otherwise the daily series comes from the small per-arm-day aggregate.
-    let daily = async {
-        if weights_changed {
-            let rows = analytics.arm_daily_totals(experiment_key, window).await?;
-            Ok::<_, repositories::RepoError>(
-                rows.into_iter()
-                    .map(|d| {
-                        (
-                            d.day,
-                            d.arm_key,
-                            ArmCounts {
-                                users: d.users,
-                                impressions: d.impressions,
-                                clicks: d.clicks,
-                                conversions: d.converting_users,
-                                sum_clicks_sq: d.sum_clicks_sq,
-                                sum_impressions_sq: d.sum_impressions_sq,
-                                sum_clicks_impressions: d.sum_clicks_impressions,
-                            },
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        } else {
-            let rows = analytics.arm_daily_counts(experiment_key, window).await?;
-            Ok(rows
-                .into_iter()
-                .map(|d| {
-                    (
-                        d.day,
-                        d.arm_key,
-                        ArmCounts {
-                            users: d.users,
-                            impressions: d.impressions,
-                            clicks: d.clicks,
-                            conversions: d.converting_users,
-                            ..ArmCounts::default()
-                        },
-                    )
-                })
-                .collect())
-        }
+    let outcome_window_days = experiment
+        .outcome_window_days
+        .and_then(|d| u16::try_from(d).ok());
+    // Users first exposed within the requested days, by cohort of first exposure.
+    let starts: Vec<DateTime<Utc>> = periods.iter().map(|p| p.start).collect();
+    let cohort_window = CohortWindow {
+        first_exposed_from: from_given.map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc()),
+        first_exposed_before: to_given
+            .and_then(|d| d.succ_opt())
+            .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc()),
+        outcome_window_days,
     };
-    let (totals, daily, positions, values) = tokio::try_join!(
-        totals,
-        daily,
-        analytics.arm_position_clicks(experiment_key, window),
-        analytics.arm_values(experiment_key, window),
+    let cohorts = async {
+        if periods.is_empty() {
+            return Ok(Vec::new());
+        }
+        analytics
+            .cohort_counts(key, &starts, cohort_window)
+            .await
+            .map_err(ApiError::from)
+    };
+    let (totals, daily, positions, values, cohorts) = tokio::try_join!(
+        async { totals.await.map_err(ApiError::from) },
+        async {
+            analytics
+                .arm_daily_counts(experiment_key, window)
+                .await
+                .map_err(ApiError::from)
+        },
+        async {
+            analytics
+                .arm_position_clicks(experiment_key, window)
+                .await
+                .map_err(ApiError::from)
+        },
+        async {
+            analytics
+                .arm_values(experiment_key, window)
+                .await
+                .map_err(ApiError::from)
+        },
+        cohorts,
     )?;
+    let daily: Vec<(u16, String, ArmCounts)> = daily
+        .into_iter()
+        .map(|d| {
+            (
+                d.day,
+                d.arm_key,
+                ArmCounts {
+                    users: d.users,
+                    impressions: d.impressions,
+                    clicks: d.clicks,
+                    conversions: d.converting_users,
+                    ..ArmCounts::default()
+                },
+            )
+        })
+        .collect();
 
     let totals: HashMap<&str, _> = totals.iter().map(|t| (t.arm_key.as_str(), t)).collect();
     let values: HashMap<&str, _> = values.iter().map(|v| (v.arm_key.as_str(), v)).collect();
@@ -286,7 +298,9 @@ pub async fn load_results(
         metric,
         arms: arm_totals,
         daily: daily_counts,
-        weights_changed,
+        periods,
+        cohorts,
+        outcome_window_days,
     })
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored aggregates are inconsistent: {e}")))?;
     Ok(ResultsResponse {
@@ -310,58 +324,4 @@ pub async fn load_results(
             })
             .collect(),
     })
-}
-
-/// Whether the split moved during the experiment: its history (rows of
-/// arm, weight, time, reason, by time) holds more than one distinct set of
-/// weights. Starting records the starting split (reason `start`) and each
-/// reweight a new one; a fixed experiment, started once or again with the
-/// same weights, has one split, so its sample ratio can be checked.
-fn split_changed(history: &[(String, f64, DateTime<Utc>, String)]) -> bool {
-    let mut splits: Vec<Vec<(&str, f64)>> = Vec::new();
-    let mut current: Option<(DateTime<Utc>, &str)> = None;
-    for (arm, weight, at, reason) in history {
-        if current != Some((*at, reason.as_str())) {
-            current = Some((*at, reason.as_str()));
-            splits.push(Vec::new());
-        }
-        if let Some(split) = splits.last_mut() {
-            split.push((arm.as_str(), *weight));
-        }
-    }
-    let Some((first, rest)) = splits.split_first() else {
-        return false;
-    };
-    let same = |a: &[(&str, f64)], b: &[(&str, f64)]| {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|((arm_a, w_a), (arm_b, w_b))| arm_a == arm_b && (w_a - w_b).abs() < 1e-9)
-    };
-    rest.iter().any(|split| !same(first, split))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_second_distinct_split_counts_as_a_change() {
-        let t0 = DateTime::<Utc>::UNIX_EPOCH;
-        let t1 = t0 + chrono::Duration::seconds(60);
-        let row =
-            |arm: &str, weight, at, reason: &str| (arm.to_owned(), weight, at, reason.to_owned());
-        let started = vec![row("a", 0.5, t0, "start"), row("b", 0.5, t0, "start")];
-        assert!(!split_changed(&[]));
-        assert!(!split_changed(&started), "the start alone");
-        let mut restarted = started.clone();
-        restarted.extend([row("a", 0.5, t1, "start"), row("b", 0.5, t1, "start")]);
-        assert!(
-            !split_changed(&restarted),
-            "started again with the same split"
-        );
-        let mut reweighted = started;
-        reweighted.extend([row("a", 0.7, t1, "thompson"), row("b", 0.3, t1, "thompson")]);
-        assert!(split_changed(&reweighted));
-    }
 }

@@ -1,18 +1,36 @@
-//! Bandit reweighting: turn per-arm successes and trials into new arm weights.
+//! Bandit reweighting: turn what each arm's users did into new arm weights.
 //!
-//! `ThompsonSampling` sets each arm's weight to its posterior probability of
-//! being the best arm (Bernoulli metric, Beta(1, 1) prior), then lifts every
-//! arm to the experiment's `min_weight` floor so no arm starves of data and
-//! the comparison against control stays estimable. The result carries the
-//! posteriors and the seed, so a weight history entry can be reproduced.
+//! The unit is the user, not the impression: one user's impressions are
+//! correlated (a heavy user who likes an arm clicks on many of its lists), so
+//! counting impressions as independent trials makes the posterior far too
+//! sure of itself for heavy users. Each arm's posterior is Gaussian around
+//! its per-user estimate (the delta-method ratio for CTR, the share of users
+//! for conversion) with that estimate's sampling variance, under a flat prior.
+//!
+//! The estimates are cohort-consistent, as the results are: weights that
+//! already moved give the arms users of different ages, so each arm's mean is
+//! taken within each period's cohort of first exposure and the periods are
+//! then averaged with the same weights for every arm (each period's share of
+//! all users; GrowthBook's "weight by period"). Every arm is thus judged on the
+//! same mix of cohorts, and a drifting metric cannot favour the arm that got
+//! its users late.
+//!
+//! Thompson sampling sets each arm's weight to its posterior probability of
+//! being best (or, with top-two sampling, of being one of the best two), then
+//! lifts every arm to the experiment's `min_weight` floor. Nothing moves
+//! before the burn-in: every arm needs `burn_in_users` users and the
+//! experiment `exploration_s` seconds of running. The result carries the
+//! posteriors and the seed, so a weight-history entry can be reproduced.
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rand_distr::{Beta, Distribution};
+use rand_distr::{Beta, Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::types::{Experiment, Policy};
 use crate::ids::ArmKey;
+use crate::stats::normal::cdf as normal_cdf;
+use crate::stats::{estimate, ArmCounts, Metric};
 use crate::ValidationError;
 
 /// Monte Carlo draws per reweight unless told otherwise; the estimate of a
@@ -22,19 +40,24 @@ pub const DEFAULT_DRAWS: u32 = 10_000;
 /// Fewest draws accepted; fewer would make the weights visibly noisy.
 pub const MIN_DRAWS: u32 = 10_000;
 
-/// Above this many summation terms the exact two-arm integral gives way to
-/// Monte Carlo, bounding the cost (~10 ms) of pathological counts.
+/// A reweight that would move no arm by more than this keeps the current
+/// split: Monte Carlo noise alone moves weights by about 0.005, and every real
+/// change opens a new weight period (a new cohort that the analysis has to
+/// compare on its own), so a change too small to matter is not worth one.
+pub const MIN_WEIGHT_CHANGE: f64 = 0.01;
+
+/// Above this many summation terms the exact two-arm Beta integral gives way
+/// to Monte Carlo, bounding the cost (~10 ms) of pathological counts.
 const MAX_EXACT_TERMS: f64 = 2_000_000.0;
 
-/// Observed outcome counts of one arm, e.g. clicks and impressions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArmStats {
-    /// The arm counted.
-    pub arm: ArmKey,
-    /// Successful trials (clicks, converting users); at most `trials`.
-    pub successes: u64,
-    /// Trials (impressions, exposed users).
-    pub trials: u64,
+/// What the bandit knows: the users of each arm by cohort of first exposure.
+#[derive(Debug, Clone, Copy)]
+pub struct BanditEvidence<'a> {
+    /// `cohorts[k][a]`: users first exposed in weight period `k` who were
+    /// assigned arm `a` (experiment arm order), with their outcome sums.
+    pub cohorts: &'a [Vec<ArmCounts>],
+    /// Seconds the experiment has been running.
+    pub running_s: u64,
 }
 
 /// One arm's posterior at reweight time, kept in `weight_history.posterior`.
@@ -42,12 +65,12 @@ pub struct ArmStats {
 pub struct PosteriorSnapshot {
     /// The arm described.
     pub arm: ArmKey,
-    /// Beta alpha: 1 + successes.
-    pub alpha: f64,
-    /// Beta beta: 1 + failures.
-    pub beta: f64,
-    /// Posterior mean of the success rate.
+    /// Users of the arm the estimate rests on.
+    pub users: u64,
+    /// Posterior mean: the arm's cohort-standardised per-user estimate.
     pub mean: f64,
+    /// Posterior standard deviation (the estimate's standard error).
+    pub std_error: f64,
     /// Posterior probability that this arm has the highest rate.
     pub prob_best: f64,
 }
@@ -56,7 +79,7 @@ pub struct PosteriorSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbBestMethod {
-    /// Closed-form integral, used for two arms with moderate counts.
+    /// Closed form, used for two arms (and no top-two sampling).
     Exact,
     /// Counting winners over `draws` joint posterior samples.
     MonteCarlo,
@@ -77,6 +100,13 @@ pub struct Reweight {
     pub policy: Policy,
     /// How `prob_best` was computed.
     pub method: ProbBestMethod,
+    /// Weights followed top-two sampling instead of P(best).
+    pub top_two: bool,
+    /// Weight periods whose cohorts entered the estimates.
+    pub periods_used: usize,
+    /// The computed weights moved no arm by [`MIN_WEIGHT_CHANGE`], so the
+    /// current split was kept (and no new period begins).
+    pub held: bool,
 }
 
 impl Reweight {
@@ -86,26 +116,51 @@ impl Reweight {
     }
 }
 
-/// Reweight `experiment` from `stats` with [`DEFAULT_DRAWS`]; see [`reweight_with_draws`].
-pub fn reweight(
-    experiment: &Experiment,
-    stats: &[ArmStats],
-    seed: u64,
-) -> Result<Reweight, ValidationError> {
-    reweight_with_draws(experiment, stats, seed, DEFAULT_DRAWS)
+/// Why the bandit did not move the weights yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BurnIn {
+    /// Users of the arm with the fewest.
+    pub fewest_users: u64,
+    /// Users every arm needs first.
+    pub burn_in_users: u32,
+    /// Seconds the experiment has run.
+    pub running_s: u64,
+    /// Seconds it must run first.
+    pub exploration_s: u32,
 }
 
-/// New weights for `experiment` under its policy. `stats` are matched to arms
-/// by key; an arm without stats has seen no data yet and keeps the flat prior.
+/// What a reweighting run decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReweightOutcome {
+    /// New weights (possibly [`Reweight::held`]) to record and publish.
+    Reweighted(Reweight),
+    /// Still in the burn-in: nothing to record.
+    BurnIn(BurnIn),
+}
+
+/// Reweight `experiment` from `evidence` with [`DEFAULT_DRAWS`]; see [`reweight_with_draws`].
+pub fn reweight(
+    experiment: &Experiment,
+    evidence: BanditEvidence<'_>,
+    seed: u64,
+) -> Result<ReweightOutcome, ValidationError> {
+    reweight_with_draws(experiment, evidence, seed, DEFAULT_DRAWS)
+}
+
+/// New weights for `experiment` under its policy.
+///
 /// `Fixed` keeps the configured weights (posteriors are still reported);
-/// `ThompsonSampling` uses P(best) floored at `min_weight`. Deterministic for
-/// a given seed (and `rand` version, which fixes `StdRng`'s algorithm).
+/// `ThompsonSampling` waits out the burn-in, then uses P(best) (or the top-two
+/// share) floored at `min_weight`, keeping the current split when no arm
+/// would move by [`MIN_WEIGHT_CHANGE`]. Deterministic for a given seed (and
+/// `rand` version, which fixes `StdRng`'s algorithm).
 pub fn reweight_with_draws(
     experiment: &Experiment,
-    stats: &[ArmStats],
+    evidence: BanditEvidence<'_>,
     seed: u64,
     draws: u32,
-) -> Result<Reweight, ValidationError> {
+) -> Result<ReweightOutcome, ValidationError> {
     if draws < MIN_DRAWS {
         return Err(ValidationError::new(
             "draws",
@@ -113,61 +168,69 @@ pub fn reweight_with_draws(
         ));
     }
     let arms = experiment.arms();
-    let mut counts: Vec<Option<(u64, u64)>> = vec![None; arms.len()];
-    for (i, s) in stats.iter().enumerate() {
-        if s.successes > s.trials {
+    for (k, row) in evidence.cohorts.iter().enumerate() {
+        if row.len() != arms.len() {
             return Err(ValidationError::new(
-                format!("stats[{i}].successes"),
-                "must not exceed trials",
+                format!("cohorts[{k}]"),
+                format!("has {} arms, the experiment {}", row.len(), arms.len()),
             ));
         }
-        let slot = experiment
-            .arm_index(&s.arm)
-            .and_then(|idx| counts.get_mut(idx))
-            .ok_or_else(|| {
-                ValidationError::new(
-                    format!("stats[{i}].arm"),
-                    format!("{} is not an arm of {}", s.arm, experiment.key()),
-                )
-            })?;
-        if slot.is_some() {
-            return Err(ValidationError::new(
-                format!("stats[{i}].arm"),
-                format!("duplicate stats for arm {}", s.arm),
-            ));
-        }
-        *slot = Some((s.successes, s.trials));
+    }
+    let users: Vec<u64> = (0..arms.len())
+        .map(|a| evidence.cohorts.iter().map(|row| row[a].users).sum())
+        .collect();
+    let settings = experiment.bandit();
+    let fewest_users = users.iter().copied().min().unwrap_or(0);
+    if experiment.policy() == Policy::ThompsonSampling
+        && (fewest_users < u64::from(settings.burn_in_users)
+            || evidence.running_s < u64::from(settings.exploration_s))
+    {
+        return Ok(ReweightOutcome::BurnIn(BurnIn {
+            fewest_users,
+            burn_in_users: settings.burn_in_users,
+            running_s: evidence.running_s,
+            exploration_s: settings.exploration_s,
+        }));
     }
 
-    let params: Vec<(f64, f64)> = counts
-        .iter()
-        .map(|c| {
-            let (s, t) = c.unwrap_or((0, 0));
-            (1.0 + s as f64, 1.0 + (t - s) as f64)
-        })
-        .collect();
+    let metric = Metric::from(experiment.metric());
+    let (posteriors, periods_used) = cohort_posteriors(metric, evidence.cohorts)?;
+    let means: Vec<(f64, f64)> = posteriors.iter().map(|p| (p.0, p.1)).collect();
+    let top_two = settings.top_two && arms.len() > 2;
+    let (prob_best, shares, method) = gaussian_prob_best(&means, top_two, seed, draws)?;
 
-    let (prob_best, method) = prob_best(&params, seed, draws)?;
-
-    let weights = match experiment.policy() {
-        Policy::Fixed => experiment.weights(),
-        Policy::ThompsonSampling => apply_floor(&prob_best, experiment.min_weight())?,
+    let current = experiment.weights();
+    let (weights, held) = match experiment.policy() {
+        Policy::Fixed => (current, false),
+        Policy::ThompsonSampling => {
+            let proposed = apply_floor(&shares, experiment.min_weight())?;
+            let moved = proposed
+                .iter()
+                .zip(&current)
+                .any(|(p, c)| (p - c).abs() >= MIN_WEIGHT_CHANGE);
+            if moved {
+                (proposed, false)
+            } else {
+                (current, true)
+            }
+        }
     };
 
     let posteriors = arms
         .iter()
-        .zip(&params)
+        .zip(&posteriors)
         .zip(&prob_best)
-        .map(|((arm, &(alpha, beta)), &p)| PosteriorSnapshot {
+        .zip(&users)
+        .map(|(((arm, &(mean, variance)), &p), &users)| PosteriorSnapshot {
             arm: arm.key.clone(),
-            alpha,
-            beta,
-            mean: alpha / (alpha + beta),
+            users,
+            mean,
+            std_error: variance.sqrt(),
             prob_best: p,
         })
         .collect();
 
-    Ok(Reweight {
+    Ok(ReweightOutcome::Reweighted(Reweight {
         weights: arms.iter().map(|a| a.key.clone()).zip(weights).collect(),
         posteriors,
         draws: match method {
@@ -177,12 +240,164 @@ pub fn reweight_with_draws(
         seed,
         policy: experiment.policy(),
         method,
-    })
+        top_two,
+        periods_used,
+        held,
+    }))
 }
 
+/// Each arm's (mean, variance), standardised over the cohorts: within period
+/// k the arm's per-user estimate m_ak with variance v_ak; averaged with the
+/// period's share of all users w_k (the same for every arm) over the periods
+/// in which every arm has an estimate: m_a = Σ w_k m_ak / Σ w_k, v_a =
+/// Σ w_k² v_ak / (Σ w_k)². When no period has every arm (a tiny experiment),
+/// each arm's cohorts are merged instead.
+fn cohort_posteriors(
+    metric: Metric,
+    cohorts: &[Vec<ArmCounts>],
+) -> Result<(Vec<(f64, f64)>, usize), ValidationError> {
+    let arms = cohorts.first().map_or(0, Vec::len);
+    let mut sums = vec![(0.0f64, 0.0f64); arms];
+    let mut weight_sum = 0.0;
+    let mut used = 0;
+    'periods: for (k, row) in cohorts.iter().enumerate() {
+        let mut cell = Vec::with_capacity(arms);
+        for (a, counts) in row.iter().enumerate() {
+            let e = estimate(metric, counts)
+                .map_err(|e| e.within(format!("cohorts[{k}][{a}]")))?;
+            match (e.mean, e.variance) {
+                (Some(m), Some(v)) if counts.users >= 2 => {
+                    cell.push((m, v.max(variance_floor(metric, counts))))
+                }
+                _ => continue 'periods,
+            }
+        }
+        let w = row.iter().map(|c| c.users as f64).sum::<f64>();
+        for (s, (m, v)) in sums.iter_mut().zip(cell) {
+            s.0 += w * m;
+            s.1 += w * w * v;
+        }
+        weight_sum += w;
+        used += 1;
+    }
+    if used > 0 && weight_sum > 0.0 {
+        let out = sums
+            .into_iter()
+            .map(|(wm, w2v)| (wm / weight_sum, w2v / (weight_sum * weight_sum)))
+            .collect();
+        return Ok((out, used));
+    }
+    let mut out = Vec::with_capacity(arms);
+    for a in 0..arms {
+        let merged = cohorts
+            .iter()
+            .fold(ArmCounts::default(), |acc, row| acc.merged(&row[a]));
+        let e = estimate(metric, &merged).map_err(|e| e.within(format!("arms[{a}]")))?;
+        let floor = variance_floor(metric, &merged);
+        out.push((
+            e.mean.unwrap_or(0.0),
+            e.variance.unwrap_or(f64::INFINITY).max(floor),
+        ));
+    }
+    Ok((out, 0))
+}
+
+/// The least variance an arm's posterior gets: that of a rate estimated from
+/// its trials with one pseudo-success and one pseudo-failure. A zero sample
+/// variance (no clicks yet, or every user alike) would otherwise make the
+/// posterior a point and Thompson sampling certain.
+fn variance_floor(metric: Metric, counts: &ArmCounts) -> f64 {
+    let (successes, trials) = match metric {
+        Metric::Ctr => (counts.clicks, counts.impressions),
+        Metric::Conversion => (counts.conversions, counts.users),
+    };
+    let n = trials.max(1) as f64;
+    let p = (successes as f64 + 1.0) / (n + 2.0);
+    p * (1.0 - p) / n
+}
+
+/// P(best) per arm under independent Gaussian posteriors (mean, variance) and
+/// the shares Thompson sampling assigns: P(best), or with `top_two` the share
+/// of draws in which the arm is first or second (each counted half).
+fn gaussian_prob_best(
+    posteriors: &[(f64, f64)],
+    top_two: bool,
+    seed: u64,
+    draws: u32,
+) -> Result<(Vec<f64>, Vec<f64>, ProbBestMethod), ValidationError> {
+    for (i, &(m, v)) in posteriors.iter().enumerate() {
+        if !(m.is_finite() && v >= 0.0 && !v.is_nan()) {
+            return Err(ValidationError::new(
+                format!("posteriors[{i}]"),
+                "mean must be finite and variance non-negative",
+            ));
+        }
+    }
+    if let ([(m1, v1), (m2, v2)], false) = (posteriors, top_two) {
+        let sd = (v1 + v2).sqrt();
+        let p2 = if sd.is_finite() && sd > 0.0 {
+            normal_cdf((m2 - m1) / sd)
+        } else if sd.is_infinite() {
+            0.5
+        } else {
+            match m2.total_cmp(m1) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Less => 0.0,
+                std::cmp::Ordering::Equal => 0.5,
+            }
+        };
+        let p = vec![1.0 - p2, p2];
+        return Ok((p.clone(), p, ProbBestMethod::Exact));
+    }
+    let n = posteriors.len();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut first = vec![0u32; n];
+    let mut second = vec![0u32; n];
+    let sds: Vec<f64> = posteriors
+        .iter()
+        .map(|&(_, v)| if v.is_finite() { v.sqrt() } else { 1e6 })
+        .collect();
+    for _ in 0..draws {
+        let (mut best, mut best_v) = (usize::MAX, f64::NEG_INFINITY);
+        let (mut runner, mut runner_v) = (usize::MAX, f64::NEG_INFINITY);
+        for (i, (&(m, _), &sd)) in posteriors.iter().zip(&sds).enumerate() {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            let x = m + sd * z;
+            if x > best_v {
+                (runner, runner_v) = (best, best_v);
+                (best, best_v) = (i, x);
+            } else if x > runner_v {
+                (runner, runner_v) = (i, x);
+            }
+        }
+        if let Some(c) = first.get_mut(best) {
+            *c += 1;
+        }
+        if let Some(c) = second.get_mut(runner) {
+            *c += 1;
+        }
+    }
+    let d = f64::from(draws);
+    let prob_best: Vec<f64> = first.iter().map(|&c| f64::from(c) / d).collect();
+    let shares = if top_two {
+        first
+            .iter()
+            .zip(&second)
+            .map(|(&f, &s)| (f64::from(f) + f64::from(s)) / (2.0 * d))
+            .collect()
+    } else {
+        prob_best.clone()
+    };
+    Ok((prob_best, shares, ProbBestMethod::MonteCarlo))
+}
+
+/// Impression-level Thompson sampling, the policy Marquee used before the
+/// bandit learned from users: each arm a Beta(1 + successes, 1 + failures)
+/// posterior over impressions as independent trials. Kept as the baseline the
+/// simulations measure the user-level bandit against.
 /// P(arm i has the highest rate) under independent Beta(alpha, beta)
 /// posteriors: exact for two arms when cheap, Monte Carlo otherwise.
-pub fn prob_best(
+pub fn beta_prob_best(
     params: &[(f64, f64)],
     seed: u64,
     draws: u32,
@@ -354,49 +569,50 @@ pub fn apply_floor(weights: &[f64], floor: f64) -> Result<Vec<f64>, ValidationEr
     Ok(out)
 }
 
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::experiment::types::tests::spec_with;
-    use rand_distr::Binomial;
+    use crate::experiment::BanditSettings;
 
-    fn thompson(weights: &[f64], min_weight: f64) -> Experiment {
+    fn thompson(weights: &[f64], min_weight: f64, bandit: BanditSettings) -> Experiment {
         let mut s = spec_with("bandit", weights);
         s.min_weight = min_weight;
+        s.bandit = bandit;
         Experiment::new(s).unwrap()
     }
 
-    fn stats(e: &Experiment, counts: &[(u64, u64)]) -> Vec<ArmStats> {
-        e.arms()
-            .iter()
-            .zip(counts)
-            .map(|(a, &(successes, trials))| ArmStats {
-                arm: a.key.clone(),
-                successes,
-                trials,
-            })
-            .collect()
+    fn no_burn_in() -> BanditSettings {
+        BanditSettings {
+            burn_in_users: 0,
+            exploration_s: 0,
+            top_two: false,
+        }
     }
 
-    /// Serve `n` impressions split by `weights` (multinomial) and count
-    /// successes at the true `rates`; returns per-arm (successes, trials).
-    fn simulate_batch(rng: &mut StdRng, n: u64, weights: &[f64], rates: &[f64]) -> Vec<(u64, u64)> {
-        let mut left = n;
-        let mut mass_left = 1.0;
-        let mut out = Vec::with_capacity(weights.len());
-        for (i, (&w, &p)) in weights.iter().zip(rates).enumerate() {
-            let trials = if i + 1 == weights.len() || mass_left <= 0.0 {
-                left
-            } else {
-                let q = (w / mass_left).clamp(0.0, 1.0);
-                Binomial::new(left, q).unwrap().sample(rng)
-            };
-            left -= trials;
-            mass_left -= w;
-            let successes = Binomial::new(trials, p).unwrap().sample(rng);
-            out.push((successes, trials));
+    /// `users` users with 10 impressions each, `clickers` of whom clicked once.
+    fn cell(users: u64, clickers: u64) -> ArmCounts {
+        ArmCounts {
+            users,
+            impressions: 10 * users,
+            clicks: clickers,
+            conversions: clickers,
+            sum_clicks_sq: clickers,
+            sum_impressions_sq: 100 * users,
+            sum_clicks_impressions: 10 * clickers,
         }
-        out
+    }
+
+    fn evidence(cohorts: &[Vec<ArmCounts>], running_s: u64) -> BanditEvidence<'_> {
+        BanditEvidence { cohorts, running_s }
+    }
+
+    fn reweighted(outcome: ReweightOutcome) -> Reweight {
+        match outcome {
+            ReweightOutcome::Reweighted(r) => r,
+            ReweightOutcome::BurnIn(b) => panic!("still in burn-in: {b:?}"),
+        }
     }
 
     #[test]
@@ -404,47 +620,64 @@ mod tests {
         let mut s = spec_with("fixed", &[0.2, 0.3, 0.5]);
         s.policy = Policy::Fixed;
         let e = Experiment::new(s).unwrap();
-        let r = reweight(&e, &stats(&e, &[(10, 100), (50, 100), (1, 100)]), 1).unwrap();
+        let cohorts = [vec![cell(1000, 100), cell(1000, 500), cell(1000, 10)]];
+        let r = reweighted(reweight(&e, evidence(&cohorts, 0), 1).unwrap());
         assert_eq!(r.weight_values(), vec![0.2, 0.3, 0.5]);
         assert_eq!(r.policy, Policy::Fixed);
         assert!(r.posteriors[1].prob_best > 0.99);
     }
 
     #[test]
-    fn invalid_stats_are_rejected() {
-        let e = thompson(&[0.5, 0.5], 0.0);
-        let mut s = stats(&e, &[(5, 4), (0, 0)]);
-        assert_eq!(reweight(&e, &s, 0).unwrap_err().field, "stats[0].successes");
-        s[0].successes = 1;
-        s[1].arm = s[0].arm.clone();
-        assert_eq!(reweight(&e, &s, 0).unwrap_err().field, "stats[1].arm");
-        s[1].arm = ArmKey::parse("nope").unwrap();
-        assert_eq!(reweight(&e, &s, 0).unwrap_err().field, "stats[1].arm");
+    fn nothing_moves_before_the_burn_in() {
+        let settings = BanditSettings {
+            burn_in_users: 100,
+            exploration_s: 600,
+            top_two: false,
+        };
+        let e = thompson(&[0.5, 0.5], 0.05, settings);
+        let few = [vec![cell(99, 1), cell(5000, 900)]];
+        match reweight(&e, evidence(&few, 10_000), 1).unwrap() {
+            ReweightOutcome::BurnIn(b) => assert_eq!((b.fewest_users, b.burn_in_users), (99, 100)),
+            other => panic!("{other:?}"),
+        }
+        let enough = [vec![cell(100, 1), cell(5000, 900)]];
+        match reweight(&e, evidence(&enough, 599), 1).unwrap() {
+            ReweightOutcome::BurnIn(b) => assert_eq!((b.running_s, b.exploration_s), (599, 600)),
+            other => panic!("{other:?}"),
+        }
+        let r = reweighted(reweight(&e, evidence(&enough, 600), 1).unwrap());
+        assert!(r.weight_values()[1] > 0.9, "{r:?}");
+    }
+
+    #[test]
+    fn invalid_evidence_is_rejected() {
+        let e = thompson(&[0.5, 0.5], 0.0, no_burn_in());
+        let wrong_arms = [vec![cell(10, 1)]];
         assert_eq!(
-            reweight_with_draws(&e, &[], 0, 10).unwrap_err().field,
+            reweight(&e, evidence(&wrong_arms, 0), 0).unwrap_err().field,
+            "cohorts[0]"
+        );
+        let impossible = [vec![cell(10, 1), ArmCounts { users: 0, clicks: 3, ..cell(0, 0) }]];
+        assert!(reweight(&e, evidence(&impossible, 0), 0).is_err());
+        let fine = [vec![cell(10, 1), cell(10, 1)]];
+        assert_eq!(
+            reweight_with_draws(&e, evidence(&fine, 0), 0, 10).unwrap_err().field,
             "draws"
         );
     }
 
     #[test]
-    fn missing_stats_mean_flat_prior() {
-        let e = thompson(&[0.25, 0.25, 0.5], 0.0);
-        let r = reweight(&e, &[], 3).unwrap();
-        for (p, w) in r.posteriors.iter().zip(r.weight_values()) {
-            assert_eq!((p.alpha, p.beta), (1.0, 1.0));
-            assert!((w - 1.0 / 3.0).abs() < 0.02, "{w}");
-        }
-    }
-
-    #[test]
     fn deterministic_for_a_seed_and_serialisable() {
-        let e = thompson(&[0.25, 0.25, 0.5], 0.05);
-        let s = stats(&e, &[(30, 1000), (40, 1000), (45, 1000)]);
-        let a = reweight(&e, &s, 42).unwrap();
-        assert_eq!(a, reweight(&e, &s, 42).unwrap());
-        assert_ne!(a.weights, reweight(&e, &s, 43).unwrap().weights);
+        let e = thompson(&[0.25, 0.25, 0.5], 0.05, no_burn_in());
+        let cohorts = [vec![cell(1000, 30), cell(1000, 40), cell(1000, 45)]];
+        let a = reweighted(reweight(&e, evidence(&cohorts, 0), 42).unwrap());
+        assert_eq!(a, reweighted(reweight(&e, evidence(&cohorts, 0), 42).unwrap()));
+        assert_ne!(
+            a.posteriors[2].prob_best,
+            reweighted(reweight(&e, evidence(&cohorts, 0), 43).unwrap()).posteriors[2].prob_best
+        );
         assert_eq!(a.method, ProbBestMethod::MonteCarlo);
-        assert_eq!((a.draws, a.seed), (DEFAULT_DRAWS, 42));
+        assert_eq!((a.draws, a.seed, a.periods_used), (DEFAULT_DRAWS, 42, 1));
         let sum: f64 = a.weight_values().iter().sum();
         assert!((sum - 1.0).abs() < 1e-12);
         assert!(e.with_weights(a.weight_values()).is_ok());
@@ -452,10 +685,104 @@ mod tests {
         let json = serde_json::to_value(&a).unwrap();
         assert_eq!(json["policy"], "thompson");
         assert_eq!(json["method"], "monte_carlo");
-        assert_eq!(json["posteriors"][2]["alpha"], 46.0);
+        assert_eq!(json["posteriors"][2]["users"], 1000);
         assert_eq!(json["weights"][0][0], "arm0");
         let back: Reweight = serde_json::from_value(json).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn two_arms_use_the_exact_gaussian_probability() {
+        let e = thompson(&[0.5, 0.5], 0.0, no_burn_in());
+        let cohorts = [vec![cell(1000, 100), cell(1000, 120)]];
+        let r = reweighted(reweight(&e, evidence(&cohorts, 0), 7).unwrap());
+        assert_eq!(r.method, ProbBestMethod::Exact);
+        let (m1, s1) = (r.posteriors[0].mean, r.posteriors[0].std_error);
+        let (m2, s2) = (r.posteriors[1].mean, r.posteriors[1].std_error);
+        let expected = normal_cdf((m2 - m1) / (s1 * s1 + s2 * s2).sqrt());
+        assert!((r.posteriors[1].prob_best - expected).abs() < 1e-12);
+        // Monte Carlo agrees with the closed form.
+        let (mc, _, _) =
+            gaussian_prob_best(&[(m1, s1 * s1), (m2, s2 * s2), (-1.0, 1e-12)], false, 3, 200_000)
+                .unwrap();
+        assert!((mc[1] - expected).abs() < 0.006, "{mc:?} vs {expected}");
+    }
+
+    #[test]
+    fn the_posterior_is_per_user_so_heavy_users_do_not_make_it_overconfident() {
+        // Arm 1: 10 users, each with 1,000 impressions; 1 user clicks on all
+        // of them. Per impression that is 1,000 of 10,000; per user, one user
+        // in ten is a clicker and the estimate is as unsure as that.
+        let heavy = ArmCounts {
+            users: 10,
+            impressions: 10_000,
+            clicks: 1_000,
+            conversions: 1,
+            sum_clicks_sq: 1_000_000,
+            sum_impressions_sq: 10_000_000,
+            sum_clicks_impressions: 1_000_000,
+        };
+        let e = thompson(&[0.5, 0.5], 0.0, no_burn_in());
+        let cohorts = [vec![cell(1000, 800), heavy]];
+        let r = reweighted(reweight(&e, evidence(&cohorts, 0), 7).unwrap());
+        let per_user_se = r.posteriors[1].std_error;
+        let per_impression_se = (0.1f64 * 0.9 / 10_000.0).sqrt();
+        assert!(per_user_se > 10.0 * per_impression_se, "{per_user_se}");
+    }
+
+    #[test]
+    fn cohorts_standardise_away_a_drift_that_pooling_would_credit_to_the_late_arm() {
+        // Both arms convert 10% of early users and 30% of late ones; arm 1
+        // got most of its users late. Pooled, arm 1 looks far better (28% vs
+        // 12%); within cohorts the arms are identical.
+        let cohorts = [
+            vec![cell(9000, 900), cell(1000, 100)],
+            vec![cell(1000, 300), cell(9000, 2700)],
+        ];
+        let e = thompson(&[0.5, 0.5], 0.0, no_burn_in());
+        let r = reweighted(reweight(&e, evidence(&cohorts, 0), 7).unwrap());
+        assert!((r.posteriors[0].mean - r.posteriors[1].mean).abs() < 1e-12);
+        assert!((r.posteriors[1].prob_best - 0.5).abs() < 1e-9);
+        assert_eq!(r.periods_used, 2);
+    }
+
+    #[test]
+    fn a_change_below_the_threshold_keeps_the_split() {
+        let e = thompson(&[0.5, 0.5], 0.0, no_burn_in());
+        let cohorts = [vec![cell(100_000, 10_000), cell(100_000, 10_001)]];
+        let r = reweighted(reweight(&e, evidence(&cohorts, 0), 7).unwrap());
+        assert!(r.held);
+        assert_eq!(r.weight_values(), vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn top_two_keeps_measuring_the_runner_up() {
+        let mut settings = no_burn_in();
+        let cohorts = [vec![cell(5000, 200), cell(5000, 300), cell(5000, 320)]];
+        let plain = thompson(&[0.4, 0.3, 0.3], 0.0, settings);
+        let p = reweighted(reweight(&plain, evidence(&cohorts, 0), 9).unwrap());
+        settings.top_two = true;
+        let tt = thompson(&[0.4, 0.3, 0.3], 0.0, settings);
+        let t = reweighted(reweight(&tt, evidence(&cohorts, 0), 9).unwrap());
+        assert!(t.top_two && !p.top_two);
+        // Arm 0 is far behind in both; top-two gives the two leaders about half each.
+        assert!(t.weight_values()[0] < 0.01, "{t:?}");
+        assert!((t.weight_values()[1] + t.weight_values()[2] - 1.0).abs() < 0.01);
+        assert!(t.weight_values()[1] > p.weight_values()[1], "{t:?} vs {p:?}");
+        // The reported P(best) is the same quantity either way.
+        assert!((t.posteriors[2].prob_best - p.posteriors[2].prob_best).abs() < 0.02);
+    }
+
+    #[test]
+    fn floor_caps_the_best_arm() {
+        // With three arms and a 0.05 floor the best arm gets at most 0.90.
+        let e = thompson(&[1.0 / 3.0; 3], 0.05, no_burn_in());
+        let cohorts = [vec![cell(10_000, 100), cell(10_000, 200), cell(10_000, 2000)]];
+        let r = reweighted(reweight(&e, evidence(&cohorts, 0), 1).unwrap());
+        let w = r.weight_values();
+        assert_eq!(w[0], 0.05);
+        assert_eq!(w[1], 0.05);
+        assert!((w[2] - 0.9).abs() < 1e-12);
     }
 
     #[test]
@@ -512,79 +839,5 @@ mod tests {
         );
     }
 
-    /// One simulated experiment: 50 batches of 1,000 impressions served by
-    /// the current weights, reweighting after each. Returns the best arm's
-    /// final weight and the expected regret (less noisy than realised regret).
-    fn run_three_arm_simulation(seed: u64, min_weight: f64) -> (f64, f64) {
-        let rates = [0.03, 0.04, 0.05];
-        let mut e = thompson(&[1.0 / 3.0; 3], min_weight);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut totals = [(0u64, 0u64); 3];
-        let mut regret = 0.0;
-        for batch in 0..50 {
-            let served = simulate_batch(&mut rng, 1000, &e.weights(), &rates);
-            for (t, (s, n)) in totals.iter_mut().zip(&served) {
-                t.0 += s;
-                t.1 += n;
-            }
-            regret += served
-                .iter()
-                .zip(&rates)
-                .map(|(&(_, n), &p)| n as f64 * (0.05 - p))
-                .sum::<f64>();
-            let r = reweight(&e, &stats(&e, &totals), seed * 1000 + batch).unwrap();
-            assert!(r.weight_values().iter().all(|&w| w >= min_weight), "{r:?}");
-            e = e.with_weights(r.weight_values()).unwrap();
-        }
-        (e.weights()[2], regret)
-    }
 
-    #[test]
-    fn thompson_finds_the_best_arm_with_less_regret_than_a_fixed_split() {
-        // Over 100 seeds the best arm's weight after 50k impressions had
-        // median 0.98 (the cap under a 0.01 floor) but dipped below 0.9 in
-        // about 1 run in 100, since Thompson keeps probing a close runner-up.
-        // So require it of the median of 5 runs (fails with p < 1e-4), and
-        // require every run to beat the fixed split's regret (worst seen: 175).
-        let fixed_regret = 50_000.0 * (0.02 + 0.01 + 0.0) / 3.0;
-        let mut best_weights = Vec::new();
-        for seed in 0..5 {
-            let (best, regret) = run_three_arm_simulation(seed, 0.01);
-            assert!(
-                regret < fixed_regret,
-                "seed {seed}: regret {regret} vs fixed {fixed_regret}"
-            );
-            best_weights.push(best);
-        }
-        best_weights.sort_by(f64::total_cmp);
-        assert!(best_weights[2] >= 0.9, "best arm weights {best_weights:?}");
-    }
-
-    #[test]
-    fn equal_arms_stay_balanced_on_average() {
-        // Under equal rates P(best) is roughly uniform per run (sd ~0.29), so
-        // the mean of 1,000 runs has sd ~0.009 (and <= 0.5/sqrt(1000) = 0.016
-        // whatever the spread): +-0.05 is over 3 worst-case sds.
-        let runs = 1000;
-        let mut total = 0.0;
-        for seed in 0..runs {
-            let mut e = thompson(&[0.5, 0.5], 0.05);
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut totals = [(0u64, 0u64); 2];
-            for batch in 0..10 {
-                let served = simulate_batch(&mut rng, 1000, &e.weights(), &[0.05, 0.05]);
-                for (t, (s, n)) in totals.iter_mut().zip(&served) {
-                    t.0 += s;
-                    t.1 += n;
-                }
-                let r = reweight(&e, &stats(&e, &totals), seed * 100 + batch).unwrap();
-                assert_eq!(r.method, ProbBestMethod::Exact);
-                e = e.with_weights(r.weight_values()).unwrap();
-            }
-            total += e.weights()[0];
-        }
-        let mean = total / runs as f64;
-        // A bias towards the first (or second) arm would show up here.
-        assert!((mean - 0.5).abs() < 0.05, "mean weight of arm A {mean}");
-    }
 }

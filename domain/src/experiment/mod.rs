@@ -2,13 +2,16 @@
 
 pub mod assignment;
 pub mod bandit;
+pub mod periods;
 mod types;
 
 pub use assignment::{assign, Assignment, BucketRange};
 pub use bandit::{
-    reweight, reweight_with_draws, ArmStats, PosteriorSnapshot, ProbBestMethod, Reweight,
+    apply_floor, beta_prob_best, reweight, reweight_with_draws, BanditEvidence, BurnIn,
+    PosteriorSnapshot, ProbBestMethod, Reweight, ReweightOutcome, MIN_WEIGHT_CHANGE,
 };
+pub use periods::{period_index, weight_periods, WeightHistoryEntry, WeightPeriod};
 pub use types::{
-    Arm, Experiment, ExperimentSpec, ExperimentStatus, HashVersion, Metric, Policy,
-    WEIGHT_SUM_TOLERANCE,
+    Arm, BanditSettings, Experiment, ExperimentSpec, ExperimentStatus, HashVersion, Metric, Policy,
+    MAX_BURN_IN_USERS, MAX_EXPLORATION_S, MAX_OUTCOME_WINDOW_DAYS, WEIGHT_SUM_TOLERANCE,
 };

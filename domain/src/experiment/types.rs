@@ -139,6 +139,15 @@ impl Metric {
     }
 }
 
+impl From<Metric> for crate::stats::Metric {
+    fn from(metric: Metric) -> Self {
+        match metric {
+            Metric::Ctr => Self::Ctr,
+            Metric::Conversion => Self::Conversion,
+        }
+    }
+}
+
 impl fmt::Display for Metric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -223,10 +232,50 @@ pub struct ExperimentSpec {
     pub metric: Metric,
     /// Least weight any arm keeps under a bandit policy, in [0, 1/arms].
     pub min_weight: f64,
-    /// Seconds between bandit reweights.
+    /// Seconds between bandit reweights (the update cadence).
     pub reweight_interval_s: u32,
+    /// When the bandit may first move weights, and how it explores.
+    #[serde(default)]
+    pub bandit: BanditSettings,
+    /// Days after a user's first exposure over which the cohort analysis sums
+    /// their outcome, so early and late cohorts are measured alike; `None`
+    /// sums the whole exposure.
+    #[serde(default)]
+    pub outcome_window_days: Option<u16>,
     /// Arms in bucket order: the order defines the hash ranges, so never reorder.
     pub arms: Vec<Arm>,
+}
+
+/// Most users a burn-in may ask for per arm (INT in PostgreSQL, and beyond it
+/// the bandit would never start on any real catalogue).
+pub const MAX_BURN_IN_USERS: u32 = 100_000_000;
+/// Longest exploration time: 90 days.
+pub const MAX_EXPLORATION_S: u32 = 90 * 86_400;
+/// Longest outcome window: a year.
+pub const MAX_OUTCOME_WINDOW_DAYS: u16 = 366;
+
+/// The bandit's burn-in and exploration, per experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BanditSettings {
+    /// No reweight until every arm has this many exposed users.
+    pub burn_in_users: u32,
+    /// No reweight until the experiment has run this many seconds.
+    pub exploration_s: u32,
+    /// Top-two Thompson sampling: weights are each arm's share of being best
+    /// or second best, which keeps measuring the runner-up (only with three
+    /// or more arms; with two it would be 50/50).
+    pub top_two: bool,
+}
+
+impl Default for BanditSettings {
+    fn default() -> Self {
+        Self {
+            burn_in_users: 100,
+            exploration_s: 3_600,
+            top_two: false,
+        }
+    }
 }
 
 /// A validated experiment, ready for assignment; it cannot hold invalid weights.
@@ -345,6 +394,15 @@ impl Experiment {
     }
 
     /// Seconds between reweights.
+    pub fn bandit(&self) -> BanditSettings {
+        self.spec.bandit
+    }
+
+    /// Days after first exposure the cohort analysis sums outcomes over.
+    pub fn outcome_window_days(&self) -> Option<u16> {
+        self.spec.outcome_window_days
+    }
+
     pub fn reweight_interval_s(&self) -> u32 {
         self.spec.reweight_interval_s
     }
@@ -417,6 +475,26 @@ fn validate(spec: &ExperimentSpec) -> Result<(), ValidationError> {
             format!("must be between 1 and {}", i32::MAX),
         ));
     }
+    if spec.bandit.burn_in_users > MAX_BURN_IN_USERS {
+        return Err(ValidationError::new(
+            "bandit.burn_in_users",
+            format!("must be at most {MAX_BURN_IN_USERS}"),
+        ));
+    }
+    if spec.bandit.exploration_s > MAX_EXPLORATION_S {
+        return Err(ValidationError::new(
+            "bandit.exploration_s",
+            format!("must be at most {MAX_EXPLORATION_S} (90 days)"),
+        ));
+    }
+    if let Some(days) = spec.outcome_window_days {
+        if days == 0 || days > MAX_OUTCOME_WINDOW_DAYS {
+            return Err(ValidationError::new(
+                "outcome_window_days",
+                format!("must be between 1 and {MAX_OUTCOME_WINDOW_DAYS}"),
+            ));
+        }
+    }
     let n = spec.arms.len();
     if n < 2 {
         return Err(ValidationError::new("arms", "need at least two arms"));
@@ -485,6 +563,8 @@ pub(crate) mod tests {
             metric: Metric::Ctr,
             min_weight: 0.0,
             reweight_interval_s: 300,
+            bandit: BanditSettings::default(),
+            outcome_window_days: None,
             arms: weights
                 .iter()
                 .enumerate()

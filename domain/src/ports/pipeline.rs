@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::events::{Attribution, Event, ImpressionDetails, ServedItem};
-use crate::experiment::{ArmStats, Metric};
+use crate::experiment::WeightPeriod;
+use crate::results::CohortCounts;
 use crate::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
 
 /// A failure of a store behind a pipeline port.
@@ -216,6 +217,10 @@ pub trait AssignmentLookup: Send + Sync {
 pub struct LeasedExperiment {
     pub experiment: crate::experiment::Experiment,
     pub leased_at: DateTime<Utc>,
+    /// When it was started; the bandit's exploration time counts from here.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Its periods of constant weights so far, oldest first.
+    pub periods: Vec<WeightPeriod>,
 }
 
 /// Experiments as the reweighting loop sees them (PostgreSQL).
@@ -233,14 +238,31 @@ pub trait ReweightRepository: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// Per-arm outcome counts (ClickHouse aggregates) for the bandit.
+/// Which users a cohort read covers and how long each is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CohortWindow {
+    /// Only users first exposed at or after this time.
+    pub first_exposed_from: Option<DateTime<Utc>>,
+    /// Only users first exposed before this time.
+    pub first_exposed_before: Option<DateTime<Utc>>,
+    /// Sum each user's outcome over this many days from their first exposure
+    /// (whole days, the first day included); `None` for the whole exposure.
+    pub outcome_window_days: Option<u16>,
+}
+
+/// Per-user sums grouped by cohort of first exposure (ClickHouse), for the
+/// results and the bandit alike.
 #[async_trait]
-pub trait ArmStatsSource: Send + Sync {
-    async fn arm_stats(
+pub trait CohortSource: Send + Sync {
+    /// One row per (period, arm) with users: period k holds the users first
+    /// exposed in [starts[k], starts[k+1]) (the last period is open, and users
+    /// first seen before starts[0] count in period 0).
+    async fn cohort_counts(
         &self,
         experiment: &ExperimentKey,
-        metric: Metric,
-    ) -> Result<Vec<ArmStats>, StoreError>;
+        starts: &[DateTime<Utc>],
+        window: CohortWindow,
+    ) -> Result<Vec<CohortCounts>, StoreError>;
 }
 
 /// Current weights as published to api replicas (Redis `weights:{experiment}`).

@@ -6,7 +6,7 @@
 
 mod compare;
 mod estimate;
-mod normal;
+pub(crate) mod normal;
 mod srm;
 mod stratified;
 
@@ -17,7 +17,7 @@ pub use compare::{compare, Comparison};
 pub use estimate::{
     estimate, estimate_conversion, estimate_ctr, ArmCounts, Metric, MetricEstimate,
 };
-pub use srm::{sample_ratio_mismatch, SrmCheck, SRM_ALPHA};
+pub use srm::{cohort_sample_ratio, sample_ratio_mismatch, CohortSrm, SrmCheck, SRM_ALPHA};
 pub use stratified::{stratified_lift, PeriodCounts, StratifiedLift, Weighting};
 
 use serde::{Deserialize, Serialize};

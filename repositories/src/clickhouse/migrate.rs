@@ -31,6 +31,11 @@ pub static MIGRATIONS: &[(u32, &str, &str)] = &[
         "movie_hourly_once_per_event",
         include_str!("../../../migrations/clickhouse/0005_movie_hourly_once_per_event.sql"),
     ),
+    (
+        6,
+        "arm_user_first",
+        include_str!("../../../migrations/clickhouse/0006_arm_user_first.sql"),
+    ),
 ];
 
 /// Split a migration file into statements: 18.16's HTTP interface takes one at a time.

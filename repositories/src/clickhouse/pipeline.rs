@@ -1,12 +1,9 @@
 //! What the worker's pipeline writes to and reads from ClickHouse: batches of
-//! events (with their batch id, for crash recovery), the bandit's per-arm
-//! counts and the hot movies.
+//! events (with their batch id, for crash recovery) and the hot movies.
 
 use async_trait::async_trait;
 use domain::events::EventKind;
-use domain::experiment::{ArmStats, Metric};
-use domain::ids::{ArmKey, ExperimentKey};
-use domain::ports::pipeline::{ArmStatsSource, BatchId, EventStore, StoreError, StoredEvent};
+use domain::ports::pipeline::{BatchId, EventStore, StoreError, StoredEvent};
 use serde::Deserialize;
 
 use super::{Analytics, EventRow};
@@ -56,13 +53,6 @@ pub fn event_rows(batch: BatchId, event: &StoredEvent, ingested_at: u32) -> Vec<
             ..base.clone()
         })
         .collect()
-}
-
-#[derive(Debug, Deserialize, ::clickhouse::Row)]
-struct ArmCounts {
-    arm_key: String,
-    trials: u64,
-    successes: u64,
 }
 
 #[derive(Debug, Deserialize, ::clickhouse::Row)]
@@ -131,43 +121,3 @@ fn insert_query_id(batch: BatchId) -> String {
     batch.as_uuid().to_string()
 }
 
-#[async_trait]
-impl ArmStatsSource for Analytics {
-    /// CTR: clicks over impressions; conversion: converting users over exposed
-    /// users; both over the experiment's whole life, from the `arm_daily` states.
-    async fn arm_stats(
-        &self,
-        experiment: &ExperimentKey,
-        metric: Metric,
-    ) -> Result<Vec<ArmStats>, StoreError> {
-        let sql = match metric {
-            Metric::Ctr => {
-                "SELECT arm_key, sumMerge(impressions) AS trials, sumMerge(clicks) AS successes \
-                 FROM arm_daily WHERE experiment_key = ? GROUP BY arm_key ORDER BY arm_key"
-            }
-            Metric::Conversion => {
-                "SELECT arm_key, toUInt64(uniqExactMerge(users)) AS trials, \
-                 toUInt64(uniqExactIfMerge(converting_users)) AS successes \
-                 FROM arm_daily WHERE experiment_key = ? GROUP BY arm_key ORDER BY arm_key"
-            }
-        };
-        let query = self.client().query(sql).bind(experiment.as_str());
-        let rows: Vec<ArmCounts> =
-            crate::error::with_timeout("clickhouse arm stats", self.timeout(), query.fetch_all())
-                .await?;
-        rows.into_iter()
-            .map(|r| {
-                let arm = ArmKey::parse(r.arm_key).map_err(|e| {
-                    StoreError::new("clickhouse", false, format!("arm_daily row: {e}"))
-                })?;
-                // Several clicks on one list can outnumber its impressions; the
-                // Beta-Bernoulli model needs successes <= trials.
-                Ok(ArmStats {
-                    arm,
-                    successes: r.successes.min(r.trials),
-                    trials: r.trials,
-                })
-            })
-            .collect()
-    }
-}

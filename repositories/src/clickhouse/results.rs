@@ -4,7 +4,12 @@
 //! arm_position_daily): the cost of a results request grows with users and
 //! days, never with raw events.
 
-use chrono::NaiveDate;
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::ids::{ArmKey, ExperimentKey};
+use domain::ports::pipeline::{CohortSource, CohortWindow, StoreError};
+use domain::results::CohortCounts;
+use domain::stats::ArmCounts;
 use serde::Deserialize;
 
 use super::Analytics;
@@ -231,5 +236,125 @@ impl Analytics {
             .bind(to);
         crate::error::with_timeout("clickhouse daily counts", self.timeout(), query.fetch_all())
             .await
+    }
+}
+
+/// One (period, arm) cohort as the cohort query returns it.
+#[derive(Debug, Clone, PartialEq, Deserialize, ::clickhouse::Row)]
+struct CohortRow {
+    period: u64,
+    arm_key: String,
+    users: u64,
+    impressions: u64,
+    clicks: u64,
+    converting_users: u64,
+    sum_clicks_sq: u64,
+    sum_impressions_sq: u64,
+    sum_clicks_impressions: u64,
+}
+
+/// Period starts as whole seconds, for comparison with ClickHouse `DateTime`.
+/// A start inside a second is rounded up: the first exposure of a user who
+/// arrived in that second is stored without its fraction, so it counts in
+/// the period before (both sides of the change are within one second).
+fn start_seconds(starts: &[DateTime<Utc>]) -> Vec<u32> {
+    starts
+        .iter()
+        .map(|s| {
+            let ceil = s.timestamp() + i64::from(s.timestamp_subsec_nanos() > 0);
+            u32::try_from(ceil.max(0)).unwrap_or(u32::MAX)
+        })
+        .collect()
+}
+
+fn bound_seconds(t: Option<DateTime<Utc>>, default: u32) -> u32 {
+    t.map_or(default, |t| {
+        u32::try_from(t.timestamp().max(0)).unwrap_or(u32::MAX)
+    })
+}
+
+#[async_trait]
+impl CohortSource for Analytics {
+    /// Each user's first exposure (arm_user_first) joined to their sums:
+    /// whole-run sums from `arm_user`, or with an outcome window the
+    /// per-day sums of `arm_user_daily` on days before first day + window.
+    /// The period of a first exposure f is the number of starts ≤ f, less one
+    /// (never below 0), computed in the query so that one row per cohort
+    /// comes back however many users there are.
+    async fn cohort_counts(
+        &self,
+        experiment: &ExperimentKey,
+        starts: &[DateTime<Utc>],
+        window: CohortWindow,
+    ) -> Result<Vec<CohortCounts>, StoreError> {
+        // No history yet (an experiment not started through the API): one
+        // period holding everyone; an empty array literal has no type in 18.16.
+        let mut starts = start_seconds(starts);
+        if starts.is_empty() {
+            starts.push(0);
+        }
+        let from = bound_seconds(window.first_exposed_from, 0);
+        let before = bound_seconds(window.first_exposed_before, u32::MAX);
+        let firsts = "SELECT arm_key, user_id, \
+                 greatest(arrayCount(s -> s <= toUInt32(minMerge(first_seen)), ?), 1) - 1 AS period, \
+                 minMerge(first_seen) AS first \
+               FROM arm_user_first WHERE experiment_key = ? GROUP BY arm_key, user_id \
+               HAVING toUInt32(first) >= ? AND toUInt32(first) < ?";
+        let per_user = match window.outcome_window_days {
+            None => format!(
+                "SELECT arm_key, user_id, period, i, c, cv FROM ( \
+                   SELECT arm_key, user_id, sum(impressions) AS i, sum(clicks) AS c, sum(conversions) AS cv \
+                   FROM arm_user WHERE experiment_key = ? GROUP BY arm_key, user_id) \
+                 ANY INNER JOIN ({firsts}) USING (arm_key, user_id)"
+            ),
+            Some(_) => format!(
+                "SELECT arm_key, user_id, any(period) AS period, sum(impressions) AS i, sum(clicks) AS c, \
+                   sum(conversions) AS cv \
+                 FROM (SELECT arm_key, user_id, day, impressions, clicks, conversions FROM arm_user_daily \
+                       WHERE experiment_key = ?) \
+                 ANY INNER JOIN ({firsts}) USING (arm_key, user_id) \
+                 WHERE day < toDate(first) + ? GROUP BY arm_key, user_id"
+            ),
+        };
+        let sql = format!(
+            "SELECT toUInt64(period) AS period, arm_key, count() AS users, sum(i) AS impressions, \
+               sum(c) AS clicks, sum(cv > 0) AS converting_users, sum(c * c) AS sum_clicks_sq, \
+               sum(i * i) AS sum_impressions_sq, sum(c * i) AS sum_clicks_impressions \
+             FROM ({per_user}) GROUP BY period, arm_key ORDER BY period, arm_key"
+        );
+        let mut query = self
+            .client()
+            .query(&sql)
+            .bind(experiment.as_str())
+            .bind(&starts)
+            .bind(experiment.as_str())
+            .bind(from)
+            .bind(before);
+        if let Some(days) = window.outcome_window_days {
+            query = query.bind(u32::from(days));
+        }
+        let rows: Vec<CohortRow> =
+            crate::error::with_timeout("clickhouse cohorts", self.timeout(), query.fetch_all())
+                .await?;
+        rows.into_iter()
+            .map(|r| {
+                let arm = ArmKey::parse(r.arm_key).map_err(|e| {
+                    StoreError::new("clickhouse", false, format!("cohort row: {e}"))
+                })?;
+                Ok(CohortCounts {
+                    period: usize::try_from(r.period).unwrap_or(usize::MAX),
+                    arm,
+                    counts: ArmCounts {
+                        users: r.users,
+                        impressions: r.impressions,
+                        clicks: r.clicks,
+                        conversions: r.converting_users,
+                        sum_clicks_sq: r.sum_clicks_sq,
+                        sum_impressions_sq: r.sum_impressions_sq,
+                        sum_clicks_impressions: r.sum_clicks_impressions,
+                    },
+                })
+            })
+            .collect()
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use domain::experiment::{Arm, Experiment, ExperimentStatus};
+use domain::experiment::{Arm, Experiment, ExperimentStatus, WeightHistoryEntry, WeightPeriod};
 use domain::ValidationError;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -39,6 +39,10 @@ struct Row {
     metric: String,
     min_weight: f64,
     reweight_interval_s: i32,
+    burn_in_users: i32,
+    exploration_s: i32,
+    top_two: bool,
+    outcome_window_days: Option<i16>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     stopped_at: Option<DateTime<Utc>>,
@@ -46,7 +50,8 @@ struct Row {
 }
 
 const COLUMNS: &str = "key, description, status, salt, hash_version, coverage, policy, metric, \
-                       min_weight, reweight_interval_s, created_at, started_at, stopped_at, last_reweight_at";
+                       min_weight, reweight_interval_s, burn_in_users, exploration_s, top_two, \
+                       outcome_window_days, created_at, started_at, stopped_at, last_reweight_at";
 
 fn record(row: Row, arms: &[&ArmRow]) -> RepoResult<ExperimentRecord> {
     let as_reweight = ExperimentRow {
@@ -59,7 +64,12 @@ fn record(row: Row, arms: &[&ArmRow]) -> RepoResult<ExperimentRecord> {
         metric: row.metric,
         min_weight: row.min_weight,
         reweight_interval_s: row.reweight_interval_s,
+        burn_in_users: row.burn_in_users,
+        exploration_s: row.exploration_s,
+        top_two: row.top_two,
+        outcome_window_days: row.outcome_window_days,
         last_reweight_at: row.last_reweight_at.unwrap_or(row.created_at),
+        started_at: row.started_at,
     };
     let experiment = build(&as_reweight, arms)
         .map_err(|e| RepoError::Corrupt(format!("experiment {}: {e}", row.key)))?;
@@ -143,8 +153,9 @@ pub async fn create(
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO experiments (key, description, status, salt, hash_version, coverage, policy, \
-                                  metric, min_weight, reweight_interval_s) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (key) DO NOTHING",
+                                  metric, min_weight, reweight_interval_s, burn_in_users, \
+                                  exploration_s, top_two, outcome_window_days) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (key) DO NOTHING",
     )
     .bind(spec.key.as_str())
     .bind(description)
@@ -156,6 +167,10 @@ pub async fn create(
     .bind(spec.metric.as_str())
     .bind(spec.min_weight)
     .bind(i32::try_from(spec.reweight_interval_s).unwrap_or(i32::MAX))
+    .bind(i32::try_from(spec.bandit.burn_in_users).unwrap_or(i32::MAX))
+    .bind(i32::try_from(spec.bandit.exploration_s).unwrap_or(i32::MAX))
+    .bind(spec.bandit.top_two)
+    .bind(spec.outcome_window_days.map(|d| i16::try_from(d).unwrap_or(i16::MAX)))
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -370,6 +385,16 @@ pub async fn weight_history(pool: &PgPool, key: &str, limit: u32) -> RepoResult<
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?)
+}
+
+/// An experiment's periods of constant weights, oldest first.
+pub async fn weight_periods(pool: &PgPool, key: &str) -> RepoResult<Vec<WeightPeriod>> {
+    let history: Vec<WeightHistoryEntry> = super::reweight::history_of(pool, &[key])
+        .await?
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect();
+    Ok(domain::experiment::weight_periods(&history))
 }
 
 /// A recommendation algorithm arms can serve, with its active model if any.

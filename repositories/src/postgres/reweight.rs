@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::experiment::{
-    Arm, Experiment, ExperimentSpec, ExperimentStatus, HashVersion, Metric, Policy, Reweight,
+    weight_periods, Arm, BanditSettings, Experiment, ExperimentSpec, ExperimentStatus,
+    HashVersion, Metric, Policy, Reweight, WeightHistoryEntry,
 };
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
 use domain::ports::pipeline::{LeasedExperiment, ReweightRepository, StoreError};
@@ -39,7 +40,12 @@ pub(crate) struct ExperimentRow {
     pub(crate) metric: String,
     pub(crate) min_weight: f64,
     pub(crate) reweight_interval_s: i32,
+    pub(crate) burn_in_users: i32,
+    pub(crate) exploration_s: i32,
+    pub(crate) top_two: bool,
+    pub(crate) outcome_window_days: Option<i16>,
     pub(crate) last_reweight_at: DateTime<Utc>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -86,6 +92,14 @@ pub(crate) fn build(row: &ExperimentRow, arms: &[&ArmRow]) -> Result<Experiment,
         metric: Metric::parse(&row.metric)?,
         min_weight: row.min_weight,
         reweight_interval_s: u32::try_from(row.reweight_interval_s).unwrap_or(1),
+        bandit: BanditSettings {
+            burn_in_users: u32::try_from(row.burn_in_users).unwrap_or(0),
+            exploration_s: u32::try_from(row.exploration_s).unwrap_or(0),
+            top_two: row.top_two,
+        },
+        outcome_window_days: row
+            .outcome_window_days
+            .map(|d| u16::try_from(d).unwrap_or(1)),
         arms,
     })
 }
@@ -103,7 +117,8 @@ impl ReweightRepository for PgReweightRepository {
                    AND (last_reweight_at IS NULL \
                         OR last_reweight_at <= now() - make_interval(secs => reweight_interval_s)) \
                  RETURNING key, salt, hash_version, coverage, status, policy, metric, min_weight, \
-                           reweight_interval_s, last_reweight_at",
+                           reweight_interval_s, burn_in_users, exploration_s, top_two, \
+                           outcome_window_days, last_reweight_at, started_at",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -118,6 +133,7 @@ impl ReweightRepository for PgReweightRepository {
             .bind(&keys)
             .fetch_all(&self.pool)
             .await?;
+            let history = history_of(&self.pool, &keys).await?;
             let mut leased = Vec::new();
             for row in &rows {
                 let own: Vec<&ArmRow> = arms
@@ -125,10 +141,19 @@ impl ReweightRepository for PgReweightRepository {
                     .filter(|a| a.experiment_key == row.key)
                     .collect();
                 match build(row, &own) {
-                    Ok(experiment) => leased.push(LeasedExperiment {
-                        experiment,
-                        leased_at: row.last_reweight_at,
-                    }),
+                    Ok(experiment) => {
+                        let own: Vec<WeightHistoryEntry> = history
+                            .iter()
+                            .filter(|(key, _)| *key == row.key)
+                            .map(|(_, entry)| entry.clone())
+                            .collect();
+                        leased.push(LeasedExperiment {
+                            experiment,
+                            leased_at: row.last_reweight_at,
+                            started_at: row.started_at,
+                            periods: weight_periods(&own),
+                        })
+                    }
                     Err(e) => {
                         tracing::error!(experiment = %row.key, error = %e, "stored experiment is invalid; not reweighting it")
                     }
@@ -157,14 +182,18 @@ impl ReweightRepository for PgReweightRepository {
             .map(|(arm, _)| {
                 let p = reweight.posteriors.iter().find(|p| &p.arm == arm);
                 serde_json::json!({
-                    "alpha": p.map(|p| p.alpha),
-                    "beta": p.map(|p| p.beta),
+                    "users": p.map(|p| p.users),
                     "mean": p.map(|p| p.mean),
+                    "std_error": p.map(|p| p.std_error),
                     "prob_best": p.map(|p| p.prob_best),
+                    "model": "gaussian_per_user",
                     "method": reweight.method,
                     "draws": reweight.draws,
                     "seed": reweight.seed,
                     "policy": reweight.policy,
+                    "top_two": reweight.top_two,
+                    "periods_used": reweight.periods_used,
+                    "held": reweight.held,
                 })
             })
             .collect();
@@ -195,4 +224,45 @@ impl ReweightRepository for PgReweightRepository {
         };
         Ok(crate::error::with_timeout("postgres record weights", self.timeout, fut).await?)
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    experiment_key: String,
+    arm_key: String,
+    weight: f64,
+    computed_at: DateTime<Utc>,
+    reason: String,
+}
+
+/// The whole weight history of `keys`, oldest first, as (experiment, entry).
+pub(crate) async fn history_of<'e, E>(
+    executor: E,
+    keys: &[&str],
+) -> Result<Vec<(String, WeightHistoryEntry)>, RepoError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let rows: Vec<HistoryRow> = sqlx::query_as(
+        "SELECT experiment_key, arm_key, weight, computed_at, reason FROM weight_history \
+         WHERE experiment_key = ANY($1) ORDER BY experiment_key, computed_at, id",
+    )
+    .bind(keys)
+    .fetch_all(executor)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let arm = ArmKey::parse(r.arm_key)
+                .map_err(|e| RepoError::Corrupt(format!("weight_history of {}: {e}", r.experiment_key)))?;
+            Ok((
+                r.experiment_key,
+                WeightHistoryEntry {
+                    arm,
+                    weight: r.weight,
+                    computed_at: r.computed_at,
+                    reason: r.reason,
+                },
+            ))
+        })
+        .collect()
 }

@@ -53,7 +53,8 @@ impl PgServing {
         let fut = async {
             let rows: Vec<ExperimentRow> = sqlx::query_as(
                 "SELECT key, salt, hash_version, coverage, status, policy, metric, min_weight, \
-                        reweight_interval_s, COALESCE(last_reweight_at, created_at) AS last_reweight_at \
+                        reweight_interval_s, burn_in_users, exploration_s, top_two, outcome_window_days, \
+                        COALESCE(last_reweight_at, created_at) AS last_reweight_at, started_at \
                  FROM experiments",
             )
             .fetch_all(&self.pool)
