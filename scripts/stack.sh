@@ -107,10 +107,33 @@ python_tools() {
     || die "pip install confluent-kafka failed; see $TOOLS_DIR/pip.log"
 }
 
+# As root the server runs as `postgres`, which must reach its data directory.
+# A clone under a 0700 folder (/root/..., any mktemp -d) is out of its reach:
+# grant that one user traversal (x, no read) of each ancestor by ACL. Checked
+# before the long tool builds, so a failure comes in seconds, not at the end.
+pg_preflight() {
+  [ "$(id -u)" = 0 ] || return 0
+  id postgres >/dev/null 2>&1 || die "the postgresql package did not create the postgres user"
+  mkdir -p "$STACK_DIR/postgres"
+  local target path="" part
+  target="$(cd "$STACK_DIR/postgres" && pwd -P)"
+  IFS=/ read -r -a parts <<<"${target#/}"
+  for part in "${parts[@]}"; do
+    path="$path/$part"
+    runuser -u postgres -- test -x "$path" 2>/dev/null && continue
+    if setfacl -m u:postgres:x "$path" 2>/dev/null; then
+      log "granted the postgres user traversal of $path (ACL u:postgres:x) to reach $target"
+    else
+      die "PostgreSQL runs as the postgres user, who cannot enter $path, and setting an ACL there failed; clone into a folder others can traverse, or set MARQUEE_STACK_DIR to one"
+    fi
+  done
+}
+
 install_all() {
   mkdir -p "$TOOLS_DIR"
   # python3-venv first: Debian's python3 cannot create a venv without it.
-  apt_install postgresql redis-server clickhouse-server clickhouse-client curl python3 python3-venv
+  apt_install postgresql redis-server clickhouse-server clickhouse-client curl python3 python3-venv acl
+  pg_preflight
   python_tools
   cargo_tool "$TANSU_BIN" tansu "$TANSU_VERSION" "$TANSU_FEATURES"
   case "$S3_SERVER" in
