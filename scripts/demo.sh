@@ -99,6 +99,7 @@ if ! admin "$API/v1/experiments/home" >/dev/null 2>&1; then
   admin -X POST "$API/v1/experiments" -d '{
     "key": "home", "description": "Home page row: which algorithm earns the most clicks?",
     "policy": "thompson", "metric": "ctr", "min_weight": 0.05, "reweight_interval_s": 10,
+    "bandit": {"burn_in_users": 50, "exploration_s": 15},
     "arms": [
       {"key": "popularity", "algorithm": "popularity", "weight": 0.34, "is_control": true},
       {"key": "item_knn", "algorithm": "item_knn", "weight": 0.33, "is_control": false},
@@ -125,6 +126,15 @@ for a in r["arms"]:
     c = a["ctr"]
     ci = "-" if c.get("ci_low") is None else "%s - %s" % (pct(c["ci_low"]), pct(c["ci_high"]))
     print("%-12s%-12s%8d%13d%9d%9s   %s" % (a["arm"], a["algorithm"], a["users"], a["impressions"], a["clicks"], pct(c["mean"]), ci))
+srm = r.get("srm") or {}
+print("method: %s over %d weight period(s); sample-ratio check: %s" % (
+    r["method"], len(r.get("periods") or []), "MISMATCH" if srm.get("mismatch") else "ok"))
+for c in r["comparisons"]:
+    lift = (c.get("cohort") or {}).get("combined") or {}
+    if lift.get("estimate") is not None:
+        ci = lift.get("ci") or {}
+        print("  %s vs %s: %+.2f pp (95%% CI %+.2f to %+.2f pp), p = %.3g" % (
+            c["arm"], c["control"], 100 * lift["estimate"], 100 * ci.get("low", 0), 100 * ci.get("high", 0), lift.get("p_value") or 1))
 '
 echo "weights at start: $weights_start"
 echo "weights at end:   $weights_end"
