@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use domain::ports::pipeline::StoreError;
 use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
@@ -25,9 +26,14 @@ pub struct DeadLetter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
     /// The original payload's size in bytes, when only its first
-    /// [`MAX_LETTER_PAYLOAD`] bytes are kept.
+    /// [`MAX_LETTER_PAYLOAD`] bytes are kept (or none of them, in a letter
+    /// the broker refused for its size and that was sent again without them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated_from: Option<usize>,
+    /// The original key's size in bytes, when only its first
+    /// [`MAX_LETTER_KEY`] bytes are kept as the letter's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_truncated_from: Option<usize>,
     #[serde(skip)]
     pub key: Option<Vec<u8>>,
 }
@@ -55,6 +61,14 @@ impl DeadLetter {
             ),
             Err(_) => (None, Some(base64(kept))),
         };
+        let key_truncated_from = key
+            .as_ref()
+            .filter(|k| k.len() > MAX_LETTER_KEY)
+            .map(Vec::len);
+        let key = key.map(|mut k| {
+            k.truncate(MAX_LETTER_KEY);
+            k
+        });
         Self {
             reason,
             field,
@@ -64,7 +78,28 @@ impl DeadLetter {
             payload,
             payload_base64,
             truncated_from,
+            key_truncated_from,
             key,
+        }
+    }
+
+    /// The same letter without payload or key, for when the broker refuses
+    /// the full one (its limit may be below what [`MAX_LETTER_PAYLOAD`]
+    /// assumes): the reason and the source offset always fit.
+    pub fn minimal(&self) -> Self {
+        let payload_len = self
+            .truncated_from
+            .or_else(|| self.payload.as_ref().map(String::len))
+            .or_else(|| self.payload_base64.as_ref().map(|b| b.len() / 4 * 3));
+        Self {
+            payload: None,
+            payload_base64: None,
+            truncated_from: payload_len,
+            key_truncated_from: self
+                .key_truncated_from
+                .or_else(|| self.key.as_ref().map(Vec::len)),
+            key: None,
+            ..self.clone()
         }
     }
 }
@@ -74,6 +109,10 @@ impl DeadLetter {
 /// limit: a larger one could never be produced, and the partition it came
 /// from would wait on it forever.
 pub const MAX_LETTER_PAYLOAD: usize = 128 * 1024;
+
+/// Most key bytes a dead letter keeps: keys are user ids, and the payload
+/// bound above means nothing if a 300 KB key rides along uncut.
+pub const MAX_LETTER_KEY: usize = 1024;
 
 /// Produces dead letters and waits for the broker to acknowledge them.
 #[derive(Clone)]
@@ -92,29 +131,53 @@ impl DeadLetterQueue {
         }
     }
 
-    /// Send all, keyed like the originals; succeeds only when every one is acknowledged.
+    /// Send all, keyed like the originals; succeeds only when every one is
+    /// acknowledged. A letter the broker refuses for its size is sent again
+    /// as [`DeadLetter::minimal`], so no message can hold its partition up.
     pub async fn send_all(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
         let sends = letters.iter().map(|letter| async move {
-            let body = serde_json::to_vec(letter).map_err(|e| {
-                StoreError::new("kafka", false, format!("encoding a dead letter: {e}"))
-            })?;
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&body);
-            if let Some(key) = &letter.key {
-                record = record.key(key.as_slice());
+            match self.send(letter).await {
+                Err(e) if is_too_large(&e) => {
+                    tracing::warn!(
+                        partition = letter.partition,
+                        offset = letter.offset,
+                        error = %e,
+                        "the broker refused a dead letter for its size; sending it without payload and key"
+                    );
+                    metrics::counter!("marquee_worker_dlq_minimal_total").increment(1);
+                    self.send(&letter.minimal()).await
+                }
+                other => other,
             }
-            self.producer
-                .send(record, self.timeout)
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| {
-                    StoreError::new("kafka", true, format!("producing to the DLQ: {e}"))
-                })
+            .map_err(|e| StoreError::new("kafka", true, format!("producing to the DLQ: {e}")))
         });
         for result in join_all(sends).await {
             result?;
         }
         Ok(())
     }
+
+    async fn send(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
+        // Only strings and numbers: encoding cannot fail, but is not unwrapped.
+        let body = serde_json::to_vec(letter)
+            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidMessage))?;
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(&body);
+        if let Some(key) = &letter.key {
+            record = record.key(key.as_slice());
+        }
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
+
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
 }
 
 /// Standard base64 with padding (RFC 4648); the DLQ's only binary encoding.
@@ -200,5 +263,35 @@ mod tests {
         assert!(json.get("payload").is_none());
         let letter = DeadLetter::new("bad".into(), "body".into(), "t", 1, 7, None, b"{x");
         assert_eq!(letter.payload.as_deref(), Some("{x"));
+    }
+
+    #[test]
+    fn a_huge_key_is_cut_and_a_minimal_letter_keeps_only_what_always_fits() {
+        let key = vec![b'k'; 300 * 1024];
+        let payload = vec![b'p'; 500 * 1024];
+        let letter = DeadLetter::new(
+            "too large".into(),
+            "body".into(),
+            "t",
+            3,
+            42,
+            Some(key.clone()),
+            &payload,
+        );
+        assert_eq!(letter.key.as_ref().map(Vec::len), Some(MAX_LETTER_KEY));
+        assert_eq!(letter.key_truncated_from, Some(key.len()));
+        assert_eq!(letter.truncated_from, Some(payload.len()));
+
+        let minimal = letter.minimal();
+        assert_eq!((minimal.payload.as_ref(), minimal.key.as_ref()), (None, None));
+        assert_eq!(minimal.truncated_from, Some(payload.len()));
+        assert_eq!(minimal.key_truncated_from, Some(key.len()));
+        assert_eq!((minimal.partition, minimal.offset), (3, 42));
+        let body = serde_json::to_vec(&minimal).unwrap();
+        assert!(body.len() < 512, "{}", String::from_utf8_lossy(&body));
+
+        let short = DeadLetter::new("bad".into(), "body".into(), "t", 0, 1, Some(b"u1".to_vec()), b"{");
+        assert_eq!(short.key_truncated_from, None);
+        assert_eq!(short.minimal().key_truncated_from, Some(2));
     }
 }
