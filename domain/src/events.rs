@@ -137,6 +137,8 @@ pub struct EventRules {
     pub max_future_skew: Duration,
     /// Whether `impression` events are acceptable (worker: yes; client API: no).
     pub allow_impressions: bool,
+    /// The largest `value` each event type may carry.
+    pub value_bounds: ValueBounds,
 }
 
 impl Default for EventRules {
@@ -144,6 +146,43 @@ impl Default for EventRules {
         Self {
             max_future_skew: Duration::minutes(5),
             allow_impressions: true,
+            value_bounds: ValueBounds::default(),
+        }
+    }
+}
+
+/// Upper bounds of `value` per event type (every value is at least 0).
+///
+/// A value is a measure of the event (seconds watched, an amount paid), so a
+/// bound is what no real event reaches; without one, two conversions of
+/// 1.7e308 made the per-arm value sum infinite and the mean value null.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValueBounds {
+    /// Views: seconds watched; default one week.
+    pub view: f64,
+    /// Conversions: an amount; default 1e9.
+    pub conversion: f64,
+    /// Clicks, likes and impressions; default 1e6.
+    pub other: f64,
+}
+
+impl Default for ValueBounds {
+    fn default() -> Self {
+        Self {
+            view: 7.0 * 86_400.0,
+            conversion: 1e9,
+            other: 1e6,
+        }
+    }
+}
+
+impl ValueBounds {
+    /// The bound of `kind`'s value.
+    pub fn max_for(&self, kind: EventKind) -> f64 {
+        match kind {
+            EventKind::View => self.view,
+            EventKind::Conversion => self.conversion,
+            _ => self.other,
         }
     }
 }
@@ -199,8 +238,13 @@ impl RawEvent {
             ));
         }
         if let Some(value) = self.value {
-            if !value.is_finite() {
-                return Err(ValidationError::new("value", "must be a finite number"));
+            let max = rules.value_bounds.max_for(kind);
+            // `!(..)` so that NaN is refused too.
+            if !(0.0..=max).contains(&value) {
+                return Err(ValidationError::new(
+                    "value",
+                    format!("must be a number from 0 to {max} for a {} event", kind.as_str()),
+                ));
             }
         }
         let impression = if kind == EventKind::Impression {
@@ -821,5 +865,26 @@ mod tests {
         // An element that is not an object fails on its own.
         let parsed = events_from_record(b"[1]", now(), EventRules::default());
         assert_eq!(parsed[0].as_ref().unwrap_err().error.field, "body");
+    }
+
+    #[test]
+    fn values_are_bounded_per_event_type() {
+        let with = |kind: &str, value: f64| RawEvent {
+            kind: Some(kind.into()),
+            movie_id: (kind != "conversion").then_some(3),
+            value: Some(value),
+            ..click()
+        };
+        let rules = EventRules::default();
+        for (kind, ok, bad) in [
+            ("view", 7.0 * 86_400.0, 7.0 * 86_400.0 + 1.0),
+            ("conversion", 1e9, 1.7e308),
+            ("click", 0.0, -0.5),
+            ("like", 1e6, f64::NAN),
+        ] {
+            assert!(with(kind, ok).validate(now(), rules).is_ok(), "{kind} {ok}");
+            let e = with(kind, bad).validate(now(), rules).unwrap_err();
+            assert_eq!(e.field, "value", "{kind} {bad}");
+        }
     }
 }

@@ -888,6 +888,30 @@ fn cases() -> Vec<Case> {
         Case {
             auth: Auth::Client,
             ..post(
+                "a conversion value that would make the sums infinite",
+                "/v1/events",
+                json_body(
+                    json!({"events": [{"event_id": "6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c11", "type": "conversion", "user_id": "u", "value": 1.7e308}]}),
+                ),
+                400,
+                "events[0].value",
+            )
+        },
+        Case {
+            auth: Auth::Client,
+            ..post(
+                "a negative watch time",
+                "/v1/events",
+                json_body(
+                    json!({"events": [{"event_id": "6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c12", "type": "view", "user_id": "u", "movie_id": 1, "value": -3}]}),
+                ),
+                400,
+                "events[0].value",
+            )
+        },
+        Case {
+            auth: Auth::Client,
+            ..post(
                 "the only event has a bad uuid",
                 "/v1/events",
                 json_body(
