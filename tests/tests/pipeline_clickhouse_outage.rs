@@ -1,7 +1,8 @@
 //! ClickHouse unreachable for 20 s during a stream (the worker reaches it
 //! through a TCP proxy the test stops): the worker backs off with its
 //! partitions paused, commits nothing that is not written, and finishes with
-//! every event exactly once when ClickHouse is back.
+//! every event exactly once when ClickHouse is back. Redis down for 30 s
+//! slows nothing that matters: the ledger alone deduplicates.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use marquee_tests::worker_harness::{
     clickhouse_counts, clickhouse_raw_rows, group_committed, mixed_events, produce_events,
     producer, spawn_worker, wait_for_events, wait_for_zero_lag, TcpProxy,
 };
+use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::TestStack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,5 +103,85 @@ async fn clickhouse_outage_pauses_and_commits_nothing_unwritten() {
         retries >= 3.0,
         "backed off and retried: {retries}\n{metrics}"
     );
+    worker.stop().await;
+}
+
+/// Redis (the dedup cache and the shared served lists) down for 30 s in the
+/// middle of a steady stream of 20,000 events: the worker goes on with the
+/// PostgreSQL ledger alone, never stalls for more than 5 s, and every event
+/// lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_for_30_s_ingestion_goes_on_and_counts_each_event_once() {
+    const EVENTS: usize = 20_000;
+    let stack = TestStack::fresh().await;
+    let port = free_port();
+    let mut redis = PrivateRedis::start(
+        port,
+        std::env::temp_dir().join(format!("marquee-redis-{}", stack.id)),
+    );
+    let group = format!("redis-outage-{}", stack.id);
+    let worker = spawn_worker(&stack, |c| {
+        c.group_id = group.clone();
+        c.stack.redis_url = format!("redis://127.0.0.1:{port}");
+        c.stack.store_timeout_ms = 1_000;
+        c.batch_size = 1_000;
+    })
+    .await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+    let events = mixed_events(EVENTS, 2_000, 0);
+
+    // 500 events a second for 40 s: before, during and after the outage.
+    let stream = {
+        let events = events.clone();
+        tokio::spawn(async move {
+            for chunk in events.chunks(500) {
+                produce_events(&producer, &topic, chunk).await;
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut longest_stall = Duration::ZERO;
+    let mut last = (0u64, Instant::now());
+    let mut outage: Option<Instant> = None;
+    let mut restored = false;
+    loop {
+        let (rows, _) = clickhouse_counts(&stack).await;
+        if rows > last.0 {
+            last = (rows, Instant::now());
+        } else if !stream.is_finished() || rows < EVENTS as u64 {
+            longest_stall = longest_stall.max(last.1.elapsed());
+        }
+        match outage {
+            None if started.elapsed() >= Duration::from_secs(5) => {
+                redis.stop();
+                outage = Some(Instant::now());
+            }
+            Some(at) if !restored && at.elapsed() >= Duration::from_secs(30) => {
+                redis.restart();
+                restored = true;
+            }
+            _ => {}
+        }
+        if rows >= EVENTS as u64 && restored || started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stream.await.unwrap();
+    let (rows, unique) = wait_for_events(&stack, EVENTS as u64, Duration::from_secs(30)).await;
+    println!("redis down 30 s: {rows} rows, {unique} unique of {EVENTS}; longest stall {longest_stall:?}");
+    assert_eq!((rows, unique), (EVENTS as u64, EVENTS as u64), "every event exactly once");
+    assert_eq!(clickhouse_raw_rows(&stack).await, EVENTS as u64, "no event written twice");
+    assert!(
+        longest_stall <= Duration::from_secs(5),
+        "ingestion stalled for {longest_stall:?} while Redis was down"
+    );
+    assert!(
+        worker.metric_total("marquee_worker_dedup_cache_errors_total").await > 0.0,
+        "the outage was seen"
+    );
+    assert_eq!(wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await, 0);
     worker.stop().await;
 }

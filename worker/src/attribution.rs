@@ -96,7 +96,9 @@ impl Attributor {
 
     /// Remember the served list of every impression in `events` (duplicates
     /// included: a replayed impression must still be attributable, and the
-    /// write is idempotent).
+    /// write is idempotent). Process memory always keeps them; the shared
+    /// store is for other workers (after a rebalance), so when it is down the
+    /// batch goes on and only a click handled elsewhere loses its attribution.
     pub async fn remember(&mut self, events: &[StoredEvent]) -> Result<(), StoreError> {
         let mut lists = Vec::new();
         for e in events {
@@ -109,7 +111,12 @@ impl Attributor {
         if lists.is_empty() {
             return Ok(());
         }
-        self.store.put(&lists, self.ttl_s).await
+        if let Err(e) = self.store.put(&lists, self.ttl_s).await {
+            metrics::counter!("marquee_worker_attribution_store_errors_total", "op" => "put")
+                .increment(1);
+            tracing::warn!(error = %e, lists = lists.len(), "could not share served lists; they stay in this worker's memory");
+        }
+        Ok(())
     }
 
     /// The request ids that clicks, views, likes and conversions in `events`
@@ -176,8 +183,16 @@ impl Attributor {
         events: &mut [StoredEvent],
     ) -> Result<AttributionCounts, StoreError> {
         let mut counts = AttributionCounts::default();
-        self.load_missing(events.iter().filter_map(|e| e.event.acted_on_request()))
-            .await?;
+        // Without the shared store, lists in process memory still attribute;
+        // the rest are stored unattributed (and counted), not held back.
+        if let Err(e) = self
+            .load_missing(events.iter().filter_map(|e| e.event.acted_on_request()))
+            .await
+        {
+            metrics::counter!("marquee_worker_attribution_store_errors_total", "op" => "get")
+                .increment(1);
+            tracing::warn!(error = %e, "could not look up served lists; attributing from memory only");
+        }
         let mut sticky_users = Vec::new();
         for e in events.iter_mut() {
             if e.event.kind == EventKind::Impression {

@@ -434,7 +434,16 @@ impl Sinks {
     /// [`Attributor::remember`]).
     async fn store(&mut self, events: &[StoredEvent]) -> Result<Stored, StoreError> {
         let ids: Vec<EventId> = events.iter().map(|e| e.event.id).collect();
-        let seen = self.dedup.seen(&ids).await?;
+        // The cache is a fast path in front of the ledger, which is the
+        // truth: without it every event goes on to the ledger's claim.
+        let seen = match self.dedup.seen(&ids).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                metrics::counter!("marquee_worker_dedup_cache_errors_total").increment(1);
+                tracing::warn!(error = %e, "dedup cache unavailable; the ledger alone deduplicates this batch");
+                vec![false; ids.len()]
+            }
+        };
         let fresh: Vec<StoredEvent> = events
             .iter()
             .zip(&seen)
