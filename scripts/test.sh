@@ -7,6 +7,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 started=$SECONDS
+# Style gates first: they fail in seconds where the tests take minutes.
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check
+echo "[test] cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "[test] style gates passed after $((SECONDS - started))s"
 scripts/stack.sh up
 scripts/stack.sh prune-tests
 # The dashboard's browser test drives Debian's Chromium headless.

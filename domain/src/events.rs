@@ -243,7 +243,10 @@ impl RawEvent {
             if !(0.0..=max).contains(&value) {
                 return Err(ValidationError::new(
                     "value",
-                    format!("must be a number from 0 to {max} for a {} event", kind.as_str()),
+                    format!(
+                        "must be a number from 0 to {max} for a {} event",
+                        kind.as_str()
+                    ),
                 ));
             }
         }

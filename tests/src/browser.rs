@@ -69,4 +69,3 @@ fn tempdir() -> PathBuf {
 pub fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
-

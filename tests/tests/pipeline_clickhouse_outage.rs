@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::worker_harness::{
     clickhouse_counts, clickhouse_raw_rows, group_committed, mixed_events, produce_events,
     producer, spawn_worker, wait_for_events, wait_for_zero_lag, TcpProxy,
 };
-use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::TestStack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,16 +172,30 @@ async fn with_redis_down_for_30_s_ingestion_goes_on_and_counts_each_event_once()
     stream.await.unwrap();
     let (rows, unique) = wait_for_events(&stack, EVENTS as u64, Duration::from_secs(30)).await;
     println!("redis down 30 s: {rows} rows, {unique} unique of {EVENTS}; longest stall {longest_stall:?}");
-    assert_eq!((rows, unique), (EVENTS as u64, EVENTS as u64), "every event exactly once");
-    assert_eq!(clickhouse_raw_rows(&stack).await, EVENTS as u64, "no event written twice");
+    assert_eq!(
+        (rows, unique),
+        (EVENTS as u64, EVENTS as u64),
+        "every event exactly once"
+    );
+    assert_eq!(
+        clickhouse_raw_rows(&stack).await,
+        EVENTS as u64,
+        "no event written twice"
+    );
     assert!(
         longest_stall <= Duration::from_secs(5),
         "ingestion stalled for {longest_stall:?} while Redis was down"
     );
     assert!(
-        worker.metric_total("marquee_worker_dedup_cache_errors_total").await > 0.0,
+        worker
+            .metric_total("marquee_worker_dedup_cache_errors_total")
+            .await
+            > 0.0,
         "the outage was seen"
     );
-    assert_eq!(wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await, 0);
+    assert_eq!(
+        wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await,
+        0
+    );
     worker.stop().await;
 }

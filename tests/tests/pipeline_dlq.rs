@@ -71,7 +71,11 @@ async fn malformed_messages_go_to_the_dlq_and_the_partition_keeps_moving() {
         );
     }
     let letters: Vec<Value> = letters.into_iter().map(|(_, letter)| letter).collect();
-    assert_eq!(letters.len(), letters_expected, "one dead letter per bad message");
+    assert_eq!(
+        letters.len(),
+        letters_expected,
+        "one dead letter per bad message"
+    );
     let mut fields: HashMap<String, usize> = HashMap::new();
     for l in &letters {
         *fields

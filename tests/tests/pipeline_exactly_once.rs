@@ -98,7 +98,10 @@ async fn an_oversized_record_with_a_huge_key_does_not_hold_up_its_partition() {
     let producer = producer(&stack);
 
     let huge_key = "k".repeat(300 * 1024);
-    let huge_body = format!(r#"{{"type":"click","padding":"{}"}}"#, "x".repeat(500 * 1024));
+    let huge_body = format!(
+        r#"{{"type":"click","padding":"{}"}}"#,
+        "x".repeat(500 * 1024)
+    );
     let mut messages = vec![(huge_key.clone(), huge_body.clone().into_bytes())];
     // The same partition as the huge key cannot be forced by key, so the good
     // events follow on every partition: 40 of them, one user each.
@@ -109,15 +112,26 @@ async fn an_oversized_record_with_a_huge_key_does_not_hold_up_its_partition() {
     produce_raw(&producer, &topic, &messages).await;
 
     let (rows, unique) = wait_for_events(&stack, 40, Duration::from_secs(10)).await;
-    assert_eq!((rows, unique), (40, 40), "all 40 good events counted within 10 s");
-    println!("40 good events counted {:?} after producing", started.elapsed());
+    assert_eq!(
+        (rows, unique),
+        (40, 40),
+        "all 40 good events counted within 10 s"
+    );
+    println!(
+        "40 good events counted {:?} after producing",
+        started.elapsed()
+    );
     let letters = read_dead_letters(&stack, 1, Duration::from_secs(10)).await;
     assert_eq!(letters.len(), 1, "one dead letter");
     let (key, letter) = &letters[0];
-    assert_eq!(key.as_ref().map(Vec::len), Some(1024), "the key is cut to 1 KiB");
+    assert_eq!(
+        key.as_ref().map(Vec::len),
+        Some(1024),
+        "the key is cut to 1 KiB"
+    );
     assert_eq!(letter["key_truncated_from"], huge_key.len());
     assert_eq!(letter["truncated_from"], huge_body.len());
-    assert_eq!(letter["partition"].as_i64().is_some(), true);
+    assert!(letter["partition"].as_i64().is_some(), "{letter}");
     let lag = wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await;
     assert_eq!(lag, 0, "offsets moved past the oversized record");
     worker.stop().await;

@@ -167,7 +167,10 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
         // Per-user posteriors: every arm past the burn-in of 100 users.
         assert!(posterior["users"].as_u64().unwrap() >= 100, "{posterior}");
         assert_eq!(posterior["model"], "gaussian_per_user");
-        assert!(posterior["std_error"].as_f64().unwrap() > 0.0, "{posterior}");
+        assert!(
+            posterior["std_error"].as_f64().unwrap() > 0.0,
+            "{posterior}"
+        );
         assert!(posterior.get("seed").is_some());
     }
     for pair in runs.windows(2) {

@@ -237,7 +237,10 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
     assert_eq!(periods[1]["users"], serde_json::json!([0, 0]));
     assert_eq!(periods[1]["weights"], serde_json::json!([0.3, 0.7]));
     let srm = sample_ratio_mismatch(&[200, 220], &[0.5, 0.5]).unwrap();
-    assert!(close(report["srm"]["p_value"].as_f64().unwrap(), srm.p_value));
+    assert!(close(
+        report["srm"]["p_value"].as_f64().unwrap(),
+        srm.p_value
+    ));
     assert_eq!(report["srm"]["mismatch"], false);
     let cohort = &report["comparisons"][0]["cohort"]["combined"];
     assert_eq!(cohort["periods_used"], 1);
@@ -381,8 +384,20 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
         .map(|w| (0..WAVE).map(|u| format!("wave{w}-user{u}")).collect())
         .collect();
     let everyone: Vec<String> = waves.concat();
-    put_lists(&stack, "popularity", &everyone, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await;
-    put_lists(&stack, "als", &everyone, &[11, 12, 13, 14, 15, 16, 17, 18, 19, 20]).await;
+    put_lists(
+        &stack,
+        "popularity",
+        &everyone,
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    )
+    .await;
+    put_lists(
+        &stack,
+        "als",
+        &everyone,
+        &[11, 12, 13, 14, 15, 16, 17, 18, 19, 20],
+    )
+    .await;
 
     let api = spawn_api(&stack, |_| {}).await;
     let key = api_keys::create(&stack.stores.pg, Role::Client, "cohort-test")
@@ -404,7 +419,10 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
         "wave 1's assignments recorded"
     );
     assert!(
-        eventually(Duration::from_secs(60), || async { periods(&stack).await >= 2 }).await,
+        eventually(Duration::from_secs(60), || async {
+            periods(&stack).await >= 2
+        })
+        .await,
         "the bandit moved the weights once wave 1 was counted"
     );
     // No more bandit runs: the second change is the test's, at a known time.
@@ -519,14 +537,25 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
 
     // An assignment bug: 150 users in control who never went through assignment.
     let rogue: Vec<Event> = (0..150)
-        .map(|u| impression(&format!("rogue-{u}"), "cohorts", "control", "popularity", items(1, 10)))
+        .map(|u| {
+            impression(
+                &format!("rogue-{u}"),
+                "cohorts",
+                "control",
+                "popularity",
+                items(1, 10),
+            )
+        })
         .collect();
     produce_events(&producer, &topic, &rogue).await;
     let flagged = eventually(Duration::from_secs(60), || async {
         results(&api).await["report"]["srm"]["mismatch"] == true
     })
     .await;
-    assert!(flagged, "150 unassigned users in one arm fail the sample-ratio check");
+    assert!(
+        flagged,
+        "150 unassigned users in one arm fail the sample-ratio check"
+    );
     let body = results(&api).await;
     assert!(!body["report"]["warnings"].as_array().unwrap().is_empty());
 
@@ -537,7 +566,10 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
     )
     .await;
     assert!(dom.contains(r#"data-ready="detail""#), "{dom}");
-    assert!(dom.contains(r#"data-method="cohort_inverse_variance""#), "{dom}");
+    assert!(
+        dom.contains(r#"data-method="cohort_inverse_variance""#),
+        "{dom}"
+    );
     assert!(dom.contains("Method: cohort analysis"), "{dom}");
     assert_eq!(count(&dom, r#"data-period=""#), 3, "{dom}");
     assert!(dom.contains("Sample-ratio mismatch"), "{dom}");

@@ -283,14 +283,25 @@ mod tests {
         assert_eq!(letter.truncated_from, Some(payload.len()));
 
         let minimal = letter.minimal();
-        assert_eq!((minimal.payload.as_ref(), minimal.key.as_ref()), (None, None));
+        assert_eq!(
+            (minimal.payload.as_ref(), minimal.key.as_ref()),
+            (None, None)
+        );
         assert_eq!(minimal.truncated_from, Some(payload.len()));
         assert_eq!(minimal.key_truncated_from, Some(key.len()));
         assert_eq!((minimal.partition, minimal.offset), (3, 42));
         let body = serde_json::to_vec(&minimal).unwrap();
         assert!(body.len() < 512, "{}", String::from_utf8_lossy(&body));
 
-        let short = DeadLetter::new("bad".into(), "body".into(), "t", 0, 1, Some(b"u1".to_vec()), b"{");
+        let short = DeadLetter::new(
+            "bad".into(),
+            "body".into(),
+            "t",
+            0,
+            1,
+            Some(b"u1".to_vec()),
+            b"{",
+        );
         assert_eq!(short.key_truncated_from, None);
         assert_eq!(short.minimal().key_truncated_from, Some(2));
     }

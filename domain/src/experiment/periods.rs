@@ -93,9 +93,7 @@ pub fn weight_periods(history: &[WeightHistoryEntry]) -> Vec<WeightPeriod> {
 /// before it. A time before the first period (a clock skew between the api
 /// and PostgreSQL) belongs to the first.
 pub fn period_index(periods: &[WeightPeriod], at: DateTime<Utc>) -> usize {
-    periods
-        .partition_point(|p| p.start <= at)
-        .saturating_sub(1)
+    periods.partition_point(|p| p.start <= at).saturating_sub(1)
 }
 
 #[cfg(test)]

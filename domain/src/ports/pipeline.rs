@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::events::{Attribution, Event, ImpressionDetails, ServedItem};
 use crate::experiment::WeightPeriod;
-use crate::results::CohortCounts;
 use crate::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
+use crate::results::CohortCounts;
 
 /// A failure of a store behind a pipeline port.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -195,9 +195,8 @@ pub fn cohort_sample_ratio(
         });
     }
     let overall = pearson(&total_observed, &total_expected)?;
-    let mismatch = users_outside_weights
-        || overall.mismatch
-        || by_period.iter().flatten().any(|c| c.mismatch);
+    let mismatch =
+        users_outside_weights || overall.mismatch || by_period.iter().flatten().any(|c| c.mismatch);
     Ok(CohortSrm {
         overall,
         by_period,
@@ -221,7 +220,11 @@ fn pearson(observed: &[u64], expected: &[f64]) -> Result<SrmCheck, ValidationErr
             expected: expected.to_vec(),
         });
     }
-    if observed.iter().zip(expected).any(|(&o, &e)| e <= 0.0 && o > 0) {
+    if observed
+        .iter()
+        .zip(expected)
+        .any(|(&o, &e)| e <= 0.0 && o > 0)
+    {
         return Ok(SrmCheck {
             statistic: f64::INFINITY,
             df,

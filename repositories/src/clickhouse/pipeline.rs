@@ -120,4 +120,3 @@ impl EventStore for Analytics {
 fn insert_query_id(batch: BatchId) -> String {
     batch.as_uuid().to_string()
 }
-

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::experiment::{
-    weight_periods, Arm, BanditSettings, Experiment, ExperimentSpec, ExperimentStatus,
-    HashVersion, Metric, Policy, Reweight, WeightHistoryEntry,
+    weight_periods, Arm, BanditSettings, Experiment, ExperimentSpec, ExperimentStatus, HashVersion,
+    Metric, Policy, Reweight, WeightHistoryEntry,
 };
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
 use domain::ports::pipeline::{LeasedExperiment, ReweightRepository, StoreError};
@@ -252,8 +252,9 @@ where
     .await?;
     rows.into_iter()
         .map(|r| {
-            let arm = ArmKey::parse(r.arm_key)
-                .map_err(|e| RepoError::Corrupt(format!("weight_history of {}: {e}", r.experiment_key)))?;
+            let arm = ArmKey::parse(r.arm_key).map_err(|e| {
+                RepoError::Corrupt(format!("weight_history of {}: {e}", r.experiment_key))
+            })?;
             Ok((
                 r.experiment_key,
                 WeightHistoryEntry {
