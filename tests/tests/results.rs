@@ -248,6 +248,26 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
     let chance = cohort["chance_to_beat"].as_f64().unwrap();
     assert!(close(estimate, 0.08) && chance > 0.5, "{cohort}");
 
+    // With a 7-day outcome window every event (all of today) still counts.
+    sqlx::query("UPDATE experiments SET outcome_window_days = 7 WHERE key = 'home'")
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+    let windowed: Value = get("/v1/experiments/home/results")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(windowed["report"]["outcome_window_days"], 7, "{windowed}");
+    assert_eq!(windowed["report"]["periods"][0]["users"], serde_json::json!([200, 220]));
+    let windowed_cohort = &windowed["report"]["comparisons"][0]["cohort"]["combined"];
+    assert!(close(windowed_cohort["estimate"].as_f64().unwrap(), estimate));
+    sqlx::query("UPDATE experiments SET outcome_window_days = NULL WHERE key = 'home'")
+        .execute(&stack.stores.pg)
+        .await
+        .unwrap();
+
     let csv = get("/v1/experiments/home/results?format=csv")
         .await
         .unwrap()

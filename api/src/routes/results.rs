@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
-use domain::ports::pipeline::{CohortSource, CohortWindow};
+use domain::ports::pipeline::CohortWindow;
 use domain::results::{
-    arms_csv, build_report, ArmTotals, DailyCounts, ResultsInput, ResultsReport,
+    arms_csv, build_report, ArmTotals, CohortCounts, DailyCounts, ResultsInput, ResultsReport,
 };
 use domain::stats::{ArmCounts, Metric};
-use repositories::clickhouse::results::{date_from_days, DayWindow};
+use repositories::clickhouse::results::{arm_totals_of, date_from_days, DayWindow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -181,13 +181,6 @@ pub async fn load_results(
     let whole_run = from_given.is_none() && to_given.is_none();
     let analytics = &state.stores.analytics;
     let experiment_key = key.as_str();
-    let totals = async {
-        if whole_run {
-            analytics.arm_totals_whole_run(experiment_key).await
-        } else {
-            analytics.arm_totals(experiment_key, window).await
-        }
-    };
     let outcome_window_days = experiment
         .outcome_window_days
         .and_then(|d| u16::try_from(d).ok());
@@ -200,37 +193,46 @@ pub async fn load_results(
             .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc()),
         outcome_window_days,
     };
+    let with_cohorts = !periods.is_empty();
+    // Over the whole run and each user's whole exposure, the cohorts hold
+    // every user once with all their sums: the arm totals are their sums,
+    // and `arm_user` need not be read twice.
+    let totals_from_cohorts = with_cohorts && whole_run && outcome_window_days.is_none();
     let cohorts = async {
-        if periods.is_empty() {
+        if !with_cohorts {
             return Ok(Vec::new());
         }
-        analytics
-            .cohort_counts(key, &starts, cohort_window)
-            .await
-            .map_err(ApiError::from)
+        analytics.cohort_totals(key, &starts, cohort_window).await
     };
-    let (totals, daily, positions, values, cohorts) = tokio::try_join!(
-        async { totals.await.map_err(ApiError::from) },
-        async {
-            analytics
-                .arm_daily_counts(experiment_key, window)
-                .await
-                .map_err(ApiError::from)
-        },
-        async {
-            analytics
-                .arm_position_clicks(experiment_key, window)
-                .await
-                .map_err(ApiError::from)
-        },
-        async {
-            analytics
-                .arm_values(experiment_key, window)
-                .await
-                .map_err(ApiError::from)
-        },
+    let totals = async {
+        if totals_from_cohorts {
+            Ok(Vec::new())
+        } else if whole_run {
+            analytics.arm_totals_whole_run(experiment_key).await
+        } else {
+            analytics.arm_totals(experiment_key, window).await
+        }
+    };
+    let (cohorts, totals, daily, positions, values) = tokio::try_join!(
         cohorts,
+        totals,
+        analytics.arm_daily_counts(experiment_key, window),
+        analytics.arm_position_clicks(experiment_key, window),
+        analytics.arm_values(experiment_key, window),
     )?;
+    let totals = if totals_from_cohorts {
+        arm_totals_of(&cohorts)
+    } else {
+        totals
+    };
+    let mut cohort_counts = Vec::with_capacity(cohorts.len());
+    for c in &cohorts {
+        cohort_counts.push(CohortCounts {
+            period: usize::try_from(c.period).unwrap_or(usize::MAX),
+            arm: ArmKey::parse(c.arm_key.clone())?,
+            counts: c.counts(),
+        });
+    }
     let daily: Vec<(u16, String, ArmCounts)> = daily
         .into_iter()
         .map(|d| {
@@ -299,7 +301,7 @@ pub async fn load_results(
         arms: arm_totals,
         daily: daily_counts,
         periods,
-        cohorts,
+        cohorts: cohort_counts,
         outcome_window_days,
     })
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored aggregates are inconsistent: {e}")))?;

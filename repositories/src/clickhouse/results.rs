@@ -239,18 +239,78 @@ impl Analytics {
     }
 }
 
-/// One (period, arm) cohort as the cohort query returns it.
+/// One (period, arm) cohort: the users first exposed in the period, with
+/// their sums (over their whole exposure, or their outcome window).
 #[derive(Debug, Clone, PartialEq, Deserialize, ::clickhouse::Row)]
-struct CohortRow {
-    period: u64,
-    arm_key: String,
-    users: u64,
-    impressions: u64,
-    clicks: u64,
-    converting_users: u64,
-    sum_clicks_sq: u64,
-    sum_impressions_sq: u64,
-    sum_clicks_impressions: u64,
+pub struct CohortTotals {
+    pub period: u64,
+    pub arm_key: String,
+    pub users: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub converting_users: u64,
+    pub conversion_events: u64,
+    pub views: u64,
+    pub likes: u64,
+    pub sum_clicks_sq: u64,
+    pub sum_impressions_sq: u64,
+    pub sum_clicks_impressions: u64,
+}
+
+impl CohortTotals {
+    /// The domain's counts of this cohort.
+    pub fn counts(&self) -> ArmCounts {
+        ArmCounts {
+            users: self.users,
+            impressions: self.impressions,
+            clicks: self.clicks,
+            conversions: self.converting_users,
+            sum_clicks_sq: self.sum_clicks_sq,
+            sum_impressions_sq: self.sum_impressions_sq,
+            sum_clicks_impressions: self.sum_clicks_impressions,
+        }
+    }
+}
+
+/// Per-arm totals from the cohorts, summed over periods: the whole run's
+/// totals when the cohorts cover every user and their whole exposure, so the
+/// results need not read `arm_user` a second time.
+pub fn arm_totals_of(cohorts: &[CohortTotals]) -> Vec<ArmUserTotals> {
+    let mut totals: Vec<ArmUserTotals> = Vec::new();
+    for c in cohorts {
+        let index = match totals.iter().position(|t| t.arm_key == c.arm_key) {
+            Some(index) => index,
+            None => {
+                totals.push(ArmUserTotals {
+                    arm_key: c.arm_key.clone(),
+                    users: 0,
+                    impressions: 0,
+                    clicks: 0,
+                    converting_users: 0,
+                    conversion_events: 0,
+                    views: 0,
+                    likes: 0,
+                    sum_clicks_sq: 0,
+                    sum_impressions_sq: 0,
+                    sum_clicks_impressions: 0,
+                });
+                totals.len() - 1
+            }
+        };
+        let t = &mut totals[index];
+        t.users += c.users;
+        t.impressions += c.impressions;
+        t.clicks += c.clicks;
+        t.converting_users += c.converting_users;
+        t.conversion_events += c.conversion_events;
+        t.views += c.views;
+        t.likes += c.likes;
+        t.sum_clicks_sq += c.sum_clicks_sq;
+        t.sum_impressions_sq += c.sum_impressions_sq;
+        t.sum_clicks_impressions += c.sum_clicks_impressions;
+    }
+    totals.sort_by(|a, b| a.arm_key.cmp(&b.arm_key));
+    totals
 }
 
 /// Period starts as whole seconds, for comparison with ClickHouse `DateTime`.
@@ -273,86 +333,108 @@ fn bound_seconds(t: Option<DateTime<Utc>>, default: u32) -> u32 {
     })
 }
 
+/// The SQL of a user's period from their first exposure `first`: how many
+/// starts after the first one are at or before it, one `(first >= ?)` term
+/// per start. 18.16 mishandles a lambda (`arrayCount(s -> s <= first, ..)`)
+/// over columns of these subqueries ("Unknown identifier"), so no array.
+fn period_expression(starts: usize) -> String {
+    if starts <= 1 {
+        return "0".to_owned();
+    }
+    vec!["(first >= ?)"; starts - 1].join(" + ")
+}
+
+impl Analytics {
+    /// Per (period, arm), the users first exposed in that period with their
+    /// sums: each user's first exposure (`arm_user_first`) paired with their
+    /// whole-run sums (`arm_user`) in one GROUP BY over both (a UNION ALL,
+    /// keyed by a 64-bit hash of arm and user: 18.16 returns no rows from a
+    /// JOIN whose left side reads FINAL, and groups by one integer far faster
+    /// than by two strings). With an outcome window, the per-day sums of
+    /// `arm_user_daily` on days before the first day + window, joined to the
+    /// first exposures. One row per cohort comes back however many users.
+    pub async fn cohort_totals(
+        &self,
+        experiment: &ExperimentKey,
+        starts: &[DateTime<Utc>],
+        window: CohortWindow,
+    ) -> RepoResult<Vec<CohortTotals>> {
+        let starts = start_seconds(starts);
+        let from = bound_seconds(window.first_exposed_from, 0);
+        let before = bound_seconds(window.first_exposed_before, u32::MAX);
+        let per_user = match window.outcome_window_days {
+            None => "SELECT k, any(arm_key) AS arm_key, sum(i0) AS i, sum(c0) AS c, sum(cv0) AS cv, \
+                       sum(v0) AS v, sum(l0) AS l, minIf(f0, f0 > 0) AS first \
+                     FROM ( \
+                       SELECT cityHash64(arm_key, user_id) AS k, arm_key, impressions AS i0, clicks AS c0, \
+                              conversions AS cv0, views AS v0, likes AS l0, toUInt32(0) AS f0 \
+                       FROM arm_user WHERE experiment_key = ? \
+                       UNION ALL \
+                       SELECT cityHash64(arm_key, user_id) AS k, arm_key, toUInt64(0) AS i0, toUInt64(0) AS c0, \
+                              toUInt64(0) AS cv0, toUInt64(0) AS v0, toUInt64(0) AS l0, \
+                              toUInt32(finalizeAggregation(first_seen)) AS f0 \
+                       FROM arm_user_first WHERE experiment_key = ?) \
+                     GROUP BY k HAVING first >= ? AND first < ?"
+                .to_owned(),
+            Some(_) => "SELECT k, any(arm_key) AS arm_key, sum(impressions) AS i, sum(clicks) AS c, \
+                       sum(conversions) AS cv, sum(views) AS v, sum(likes) AS l, any(f1) AS first \
+                     FROM (SELECT cityHash64(arm_key, user_id) AS k, arm_key, day, impressions, clicks, \
+                                  conversions, views, likes \
+                           FROM arm_user_daily WHERE experiment_key = ?) \
+                     ANY INNER JOIN ( \
+                       SELECT cityHash64(arm_key, user_id) AS k, toUInt32(finalizeAggregation(first_seen)) AS f1 \
+                       FROM arm_user_first FINAL WHERE experiment_key = ?) USING (k) \
+                     WHERE day < toDate(toDateTime(f1)) + ? \
+                     GROUP BY k HAVING first >= ? AND first < ?"
+                .to_owned(),
+        };
+        let sql = format!(
+            "SELECT toUInt64({period}) AS period, arm_key, count() AS users, sum(i) AS impressions, \
+               sum(c) AS clicks, sum(cv > 0) AS converting_users, sum(cv) AS conversion_events, \
+               sum(v) AS views, sum(l) AS likes, sum(c * c) AS sum_clicks_sq, \
+               sum(i * i) AS sum_impressions_sq, sum(c * i) AS sum_clicks_impressions \
+             FROM ({per_user}) GROUP BY period, arm_key ORDER BY period, arm_key",
+            period = period_expression(starts.len()),
+        );
+        let mut query = self
+            .client()
+            .query(&sql)
+            // One term per weight period, so a long-running bandit's query
+            // can pass 18.16's default of 256 KiB; and no predicate pushdown
+            // into the UNION, which 18.16 gets wrong.
+            .with_setting("max_query_size", "4194304")
+            .with_setting("enable_optimize_predicate_expression", "0");
+        for start in starts.iter().skip(1) {
+            query = query.bind(*start);
+        }
+        query = query.bind(experiment.as_str()).bind(experiment.as_str());
+        if let Some(days) = window.outcome_window_days {
+            query = query.bind(u32::from(days));
+        }
+        query = query.bind(from).bind(before);
+        crate::error::with_timeout("clickhouse cohorts", self.timeout(), query.fetch_all()).await
+    }
+}
+
 #[async_trait]
 impl CohortSource for Analytics {
-    /// Each user's first exposure (arm_user_first) joined to their sums:
-    /// whole-run sums from `arm_user`, or with an outcome window the
-    /// per-day sums of `arm_user_daily` on days before first day + window.
-    /// The period of a first exposure f is the number of starts ≤ f, less one
-    /// (never below 0), computed in the query so that one row per cohort
-    /// comes back however many users there are.
     async fn cohort_counts(
         &self,
         experiment: &ExperimentKey,
         starts: &[DateTime<Utc>],
         window: CohortWindow,
     ) -> Result<Vec<CohortCounts>, StoreError> {
-        // No history yet (an experiment not started through the API): one
-        // period holding everyone; an empty array literal has no type in 18.16.
-        let mut starts = start_seconds(starts);
-        if starts.is_empty() {
-            starts.push(0);
-        }
-        let from = bound_seconds(window.first_exposed_from, 0);
-        let before = bound_seconds(window.first_exposed_before, u32::MAX);
-        let firsts = "SELECT arm_key, user_id, \
-                 greatest(arrayCount(s -> s <= toUInt32(minMerge(first_seen)), ?), 1) - 1 AS period, \
-                 minMerge(first_seen) AS first \
-               FROM arm_user_first WHERE experiment_key = ? GROUP BY arm_key, user_id \
-               HAVING toUInt32(first) >= ? AND toUInt32(first) < ?";
-        let per_user = match window.outcome_window_days {
-            None => format!(
-                "SELECT arm_key, user_id, period, i, c, cv FROM ( \
-                   SELECT arm_key, user_id, sum(impressions) AS i, sum(clicks) AS c, sum(conversions) AS cv \
-                   FROM arm_user WHERE experiment_key = ? GROUP BY arm_key, user_id) \
-                 ANY INNER JOIN ({firsts}) USING (arm_key, user_id)"
-            ),
-            Some(_) => format!(
-                "SELECT arm_key, user_id, any(period) AS period, sum(impressions) AS i, sum(clicks) AS c, \
-                   sum(conversions) AS cv \
-                 FROM (SELECT arm_key, user_id, day, impressions, clicks, conversions FROM arm_user_daily \
-                       WHERE experiment_key = ?) \
-                 ANY INNER JOIN ({firsts}) USING (arm_key, user_id) \
-                 WHERE day < toDate(first) + ? GROUP BY arm_key, user_id"
-            ),
-        };
-        let sql = format!(
-            "SELECT toUInt64(period) AS period, arm_key, count() AS users, sum(i) AS impressions, \
-               sum(c) AS clicks, sum(cv > 0) AS converting_users, sum(c * c) AS sum_clicks_sq, \
-               sum(i * i) AS sum_impressions_sq, sum(c * i) AS sum_clicks_impressions \
-             FROM ({per_user}) GROUP BY period, arm_key ORDER BY period, arm_key"
-        );
-        let mut query = self
-            .client()
-            .query(&sql)
-            .bind(experiment.as_str())
-            .bind(&starts)
-            .bind(experiment.as_str())
-            .bind(from)
-            .bind(before);
-        if let Some(days) = window.outcome_window_days {
-            query = query.bind(u32::from(days));
-        }
-        let rows: Vec<CohortRow> =
-            crate::error::with_timeout("clickhouse cohorts", self.timeout(), query.fetch_all())
-                .await?;
+        let rows = self.cohort_totals(experiment, starts, window).await?;
         rows.into_iter()
             .map(|r| {
+                let counts = r.counts();
                 let arm = ArmKey::parse(r.arm_key).map_err(|e| {
                     StoreError::new("clickhouse", false, format!("cohort row: {e}"))
                 })?;
                 Ok(CohortCounts {
                     period: usize::try_from(r.period).unwrap_or(usize::MAX),
                     arm,
-                    counts: ArmCounts {
-                        users: r.users,
-                        impressions: r.impressions,
-                        clicks: r.clicks,
-                        conversions: r.converting_users,
-                        sum_clicks_sq: r.sum_clicks_sq,
-                        sum_impressions_sq: r.sum_impressions_sq,
-                        sum_clicks_impressions: r.sum_clicks_impressions,
-                    },
+                    counts,
                 })
             })
             .collect()
