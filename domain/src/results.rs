@@ -122,7 +122,9 @@ pub struct ArmComparison {
 /// The cohort (assignment-period) lift of one treatment against control.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CohortLift {
-    /// Periods combined by inverse variance: the method's headline estimate.
+    /// Periods combined by inverse variance (each period's variance from its
+    /// two arms' users pooled, so the weights do not follow the difference;
+    /// see [`Weighting::InversePooledVariance`]): the method's headline estimate.
     pub combined: StratifiedLift,
     /// The same periods weighted by their users: the traffic-weighted average
     /// lift, the one to read if the lift itself changes over time.
@@ -270,7 +272,10 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
         // Not started through the API (no history): check against the weights now.
         let observed: Vec<u64> = input.arms.iter().map(|a| a.counts.users).collect();
         let weights: Vec<f64> = input.arms.iter().map(|a| a.weight).collect();
-        (Some(sample_ratio_mismatch(&observed, &weights)?), Vec::new())
+        (
+            Some(sample_ratio_mismatch(&observed, &weights)?),
+            Vec::new(),
+        )
     } else {
         let observed: Vec<Vec<u64>> = cohort_cells
             .iter()
@@ -405,7 +410,7 @@ fn cohort_lift(
         });
     }
     Ok(CohortLift {
-        combined: stratified_lift(metric, &periods, Weighting::InverseVariance)?,
+        combined: stratified_lift(metric, &periods, Weighting::InversePooledVariance)?,
         users_weighted: stratified_lift(metric, &periods, Weighting::Users)?,
         by_period,
     })

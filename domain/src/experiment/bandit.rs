@@ -10,10 +10,14 @@
 //! The estimates are cohort-consistent, as the results are: weights that
 //! already moved give the arms users of different ages, so each arm's mean is
 //! taken within each period's cohort of first exposure and the periods are
-//! then averaged with the same weights for every arm (each period's share of
-//! all users; GrowthBook's "weight by period"). Every arm is thus judged on the
-//! same mix of cohorts, and a drifting metric cannot favour the arm that got
-//! its users late.
+//! then averaged with the same weights for every arm. Every arm is thus
+//! judged on the same mix of cohorts, and a drifting metric cannot favour the
+//! arm that got its users late. A period's weight is 1/Σ_a 1/n_ak (n_ak: arm
+//! a's users in it), the common weights that make the arms' estimates most
+//! precise: weighting by the period's share of all users instead would give a
+//! period in which the bandit starved an arm (a few of its users) a full say
+//! in that arm's mean, so the arm's posterior would widen as the bandit
+//! starved it, and the bandit would keep returning to it.
 //!
 //! Thompson sampling sets each arm's weight to its posterior probability of
 //! being best (or, with top-two sampling, of being one of the best two), then
@@ -221,13 +225,15 @@ pub fn reweight_with_draws(
         .zip(&posteriors)
         .zip(&prob_best)
         .zip(&users)
-        .map(|(((arm, &(mean, variance)), &p), &users)| PosteriorSnapshot {
-            arm: arm.key.clone(),
-            users,
-            mean,
-            std_error: variance.sqrt(),
-            prob_best: p,
-        })
+        .map(
+            |(((arm, &(mean, variance)), &p), &users)| PosteriorSnapshot {
+                arm: arm.key.clone(),
+                users,
+                mean,
+                std_error: variance.sqrt(),
+                prob_best: p,
+            },
+        )
         .collect();
 
     Ok(ReweightOutcome::Reweighted(Reweight {
@@ -247,11 +253,11 @@ pub fn reweight_with_draws(
 }
 
 /// Each arm's (mean, variance), standardised over the cohorts: within period
-/// k the arm's per-user estimate m_ak with variance v_ak; averaged with the
-/// period's share of all users w_k (the same for every arm) over the periods
-/// in which every arm has an estimate: m_a = Σ w_k m_ak / Σ w_k, v_a =
-/// Σ w_k² v_ak / (Σ w_k)². When no period has every arm (a tiny experiment),
-/// each arm's cohorts are merged instead.
+/// k the arm's per-user estimate m_ak with variance v_ak; averaged with
+/// w_k = 1/Σ_a 1/n_ak (the same for every arm; n_ak the arm's users in the
+/// period) over the periods in which every arm has an estimate:
+/// m_a = Σ w_k m_ak / Σ w_k, v_a = Σ w_k² v_ak / (Σ w_k)². When no period has
+/// every arm (a tiny experiment), each arm's cohorts are merged instead.
 fn cohort_posteriors(
     metric: Metric,
     cohorts: &[Vec<ArmCounts>],
@@ -263,8 +269,7 @@ fn cohort_posteriors(
     'periods: for (k, row) in cohorts.iter().enumerate() {
         let mut cell = Vec::with_capacity(arms);
         for (a, counts) in row.iter().enumerate() {
-            let e = estimate(metric, counts)
-                .map_err(|e| e.within(format!("cohorts[{k}][{a}]")))?;
+            let e = estimate(metric, counts).map_err(|e| e.within(format!("cohorts[{k}][{a}]")))?;
             match (e.mean, e.variance) {
                 (Some(m), Some(v)) if counts.users >= 2 => {
                     cell.push((m, v.max(variance_floor(metric, counts))))
@@ -272,7 +277,9 @@ fn cohort_posteriors(
                 _ => continue 'periods,
             }
         }
-        let w = row.iter().map(|c| c.users as f64).sum::<f64>();
+        // Every arm has ≥ 2 users here. Σ_k w_k² Σ_a 1/n_ak, the arms'
+        // summed variance at equal per-user variance, is least for these w_k.
+        let w = 1.0 / row.iter().map(|c| 1.0 / c.users as f64).sum::<f64>();
         for (s, (m, v)) in sums.iter_mut().zip(cell) {
             s.0 += w * m;
             s.1 += w * w * v;
@@ -569,7 +576,6 @@ pub fn apply_floor(weights: &[f64], floor: f64) -> Result<Vec<f64>, ValidationEr
     Ok(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,11 +663,20 @@ mod tests {
             reweight(&e, evidence(&wrong_arms, 0), 0).unwrap_err().field,
             "cohorts[0]"
         );
-        let impossible = [vec![cell(10, 1), ArmCounts { users: 0, clicks: 3, ..cell(0, 0) }]];
+        let impossible = [vec![
+            cell(10, 1),
+            ArmCounts {
+                users: 0,
+                clicks: 3,
+                ..cell(0, 0)
+            },
+        ]];
         assert!(reweight(&e, evidence(&impossible, 0), 0).is_err());
         let fine = [vec![cell(10, 1), cell(10, 1)]];
         assert_eq!(
-            reweight_with_draws(&e, evidence(&fine, 0), 0, 10).unwrap_err().field,
+            reweight_with_draws(&e, evidence(&fine, 0), 0, 10)
+                .unwrap_err()
+                .field,
             "draws"
         );
     }
@@ -671,7 +686,10 @@ mod tests {
         let e = thompson(&[0.25, 0.25, 0.5], 0.05, no_burn_in());
         let cohorts = [vec![cell(1000, 30), cell(1000, 40), cell(1000, 45)]];
         let a = reweighted(reweight(&e, evidence(&cohorts, 0), 42).unwrap());
-        assert_eq!(a, reweighted(reweight(&e, evidence(&cohorts, 0), 42).unwrap()));
+        assert_eq!(
+            a,
+            reweighted(reweight(&e, evidence(&cohorts, 0), 42).unwrap())
+        );
         assert_ne!(
             a.posteriors[2].prob_best,
             reweighted(reweight(&e, evidence(&cohorts, 0), 43).unwrap()).posteriors[2].prob_best
@@ -702,9 +720,13 @@ mod tests {
         let expected = normal_cdf((m2 - m1) / (s1 * s1 + s2 * s2).sqrt());
         assert!((r.posteriors[1].prob_best - expected).abs() < 1e-12);
         // Monte Carlo agrees with the closed form.
-        let (mc, _, _) =
-            gaussian_prob_best(&[(m1, s1 * s1), (m2, s2 * s2), (-1.0, 1e-12)], false, 3, 200_000)
-                .unwrap();
+        let (mc, _, _) = gaussian_prob_best(
+            &[(m1, s1 * s1), (m2, s2 * s2), (-1.0, 1e-12)],
+            false,
+            3,
+            200_000,
+        )
+        .unwrap();
         assert!((mc[1] - expected).abs() < 0.006, "{mc:?} vs {expected}");
     }
 
@@ -768,7 +790,10 @@ mod tests {
         // Arm 0 is far behind in both; top-two gives the two leaders about half each.
         assert!(t.weight_values()[0] < 0.01, "{t:?}");
         assert!((t.weight_values()[1] + t.weight_values()[2] - 1.0).abs() < 0.01);
-        assert!(t.weight_values()[1] > p.weight_values()[1], "{t:?} vs {p:?}");
+        assert!(
+            t.weight_values()[1] > p.weight_values()[1],
+            "{t:?} vs {p:?}"
+        );
         // The reported P(best) is the same quantity either way.
         assert!((t.posteriors[2].prob_best - p.posteriors[2].prob_best).abs() < 0.02);
     }
@@ -777,7 +802,11 @@ mod tests {
     fn floor_caps_the_best_arm() {
         // With three arms and a 0.05 floor the best arm gets at most 0.90.
         let e = thompson(&[1.0 / 3.0; 3], 0.05, no_burn_in());
-        let cohorts = [vec![cell(10_000, 100), cell(10_000, 200), cell(10_000, 2000)]];
+        let cohorts = [vec![
+            cell(10_000, 100),
+            cell(10_000, 200),
+            cell(10_000, 2000),
+        ]];
         let r = reweighted(reweight(&e, evidence(&cohorts, 0), 1).unwrap());
         let w = r.weight_values();
         assert_eq!(w[0], 0.05);
@@ -838,6 +867,4 @@ mod tests {
             "weights[1]"
         );
     }
-
-
 }

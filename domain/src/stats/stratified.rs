@@ -28,6 +28,14 @@ pub struct PeriodCounts {
 pub enum Weighting {
     /// Weights 1/var_k: the most precise estimate if the true lift is constant over time.
     InverseVariance,
+    /// Weights 1/var⁰_k, var⁰_k = s²_k·(1/n_c + 1/n_t) with s²_k the per-user
+    /// variance of the period's two arms pooled: as precise as
+    /// `InverseVariance`, but the weight does not move with the difference.
+    /// With unequal arms the smaller arm's own variance estimate moves with its
+    /// mean (skewed per-user outcomes: a high rate brings a high variance), so
+    /// 1/var_k down-weights the periods in which the larger arm happened to
+    /// come out behind and biases the combined lift towards it.
+    InversePooledVariance,
     /// Weights ∝ users in the period: the traffic-weighted average lift, robust if it drifts.
     Users,
 }
@@ -37,6 +45,7 @@ impl Weighting {
     pub fn method_name(self) -> &'static str {
         match self {
             Weighting::InverseVariance => "stratified_inverse_variance",
+            Weighting::InversePooledVariance => "stratified_inverse_pooled_variance",
             Weighting::Users => "stratified_user_weighted",
         }
     }
@@ -60,7 +69,7 @@ pub struct StratifiedLift {
     /// Periods that contributed.
     pub periods_used: usize,
     /// Periods left out because a difference or its variance was undefined
-    /// (an empty arm; or, for inverse-variance, zero variance).
+    /// (an empty arm; or, for the inverse-variance weightings, zero variance).
     pub periods_skipped: usize,
 }
 
@@ -91,6 +100,14 @@ pub fn stratified_lift(
         let w = match weighting {
             Weighting::InverseVariance if v > 0.0 => 1.0 / v,
             Weighting::InverseVariance => continue,
+            Weighting::InversePooledVariance => {
+                match pooled_difference_variance(metric, p)
+                    .map_err(|e| e.within(format!("periods[{k}]")))?
+                {
+                    Some(v0) if v0 > 0.0 && v > 0.0 => 1.0 / v0,
+                    _ => continue,
+                }
+            }
             Weighting::Users => p.control.users as f64 + p.treatment.users as f64,
         };
         sum_w += w;
@@ -125,6 +142,22 @@ pub fn stratified_lift(
         out.chance_to_beat = Some(normal::cdf(est / se));
     }
     Ok(out)
+}
+
+/// The variance the period's difference would have if both arms had the
+/// per-user variance of their users pooled: s²·(1/n_c + 1/n_t).
+fn pooled_difference_variance(
+    metric: Metric,
+    p: &PeriodCounts,
+) -> Result<Option<f64>, ValidationError> {
+    let (nc, nt) = (p.control.users as f64, p.treatment.users as f64);
+    if nc == 0.0 || nt == 0.0 {
+        return Ok(None);
+    }
+    let pooled = estimate(metric, &p.control.merged(&p.treatment))?;
+    Ok(pooled
+        .variance
+        .map(|v| v * (nc + nt) * (1.0 / nc + 1.0 / nt)))
 }
 
 #[cfg(test)]
@@ -284,5 +317,40 @@ mod tests {
         }];
         let e = stratified_lift(Metric::Conversion, &bad, Weighting::Users).unwrap_err();
         assert_eq!(e.field, "periods[0].control.conversions");
+    }
+
+    #[test]
+    fn stats_stratified_pooled_variance_weights_match_hand_computation() {
+        let periods = [
+            PeriodCounts {
+                control: conv(1000, 100),
+                treatment: conv(1000, 130),
+            },
+            PeriodCounts {
+                control: conv(400, 30),
+                treatment: conv(1600, 150),
+            },
+        ];
+        let v = |p: f64, n: f64| p * (1.0 - p) / n;
+        let (d1, v1) = (0.03, v(0.1, 1000.0) + v(0.13, 1000.0));
+        let (d2, v2) = (
+            150.0 / 1600.0 - 0.075,
+            v(0.075, 400.0) + v(150.0 / 1600.0, 1600.0),
+        );
+        // Weights from each period's pooled rate over both arms.
+        let (p1, p2) = (230.0 / 2000.0, 180.0 / 2000.0);
+        let w1 = 1.0 / (p1 * (1.0 - p1) * (1.0 / 1000.0 + 1.0 / 1000.0));
+        let w2 = 1.0 / (p2 * (1.0 - p2) * (1.0 / 400.0 + 1.0 / 1600.0));
+        let s = stratified_lift(
+            Metric::Conversion,
+            &periods,
+            Weighting::InversePooledVariance,
+        )
+        .unwrap();
+        let expected = (w1 * d1 + w2 * d2) / (w1 + w2);
+        let se = ((w1 * w1 * v1 + w2 * w2 * v2) / ((w1 + w2) * (w1 + w2))).sqrt();
+        assert!((s.estimate.unwrap() - expected).abs() < 1e-12, "{s:?}");
+        assert!((s.std_error.unwrap() - se).abs() < 1e-12, "{s:?}");
+        assert_eq!(s.method, "stratified_inverse_pooled_variance");
     }
 }
