@@ -43,6 +43,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0} is unavailable")]
     Unavailable(String),
+    /// The whole request took longer than the api's time limit.
+    #[error("the request took longer than {0} ms")]
+    TimedOut(u64),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -125,6 +128,7 @@ impl ApiError {
                 Some("content-type".into()),
             ),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            Self::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::Request;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use axum::middleware;
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -234,6 +233,23 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The api's time limit on a whole request: past it the answer is a 503 with
+/// the usual JSON error body (tower-http's timeout layer answers an empty one).
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            crate::error::ApiError::TimedOut(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+                .into_response()
+        }
+    }
+}
+
 /// Routes plus the layers every request goes through.
 pub fn build_router(state: AppState) -> Router {
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
@@ -258,7 +274,7 @@ pub fn build_router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
             }),
         )
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .service(routes);
     Router::new().fallback_service(around_routes)

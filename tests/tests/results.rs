@@ -165,7 +165,12 @@ async fn unknown_experiment_and_bad_dates_are_4xx() {
     let stack = TestStack::fresh().await;
     let api = spawn_api(&stack, |_| {}).await;
     for (path, status, field) in [
-        ("/v1/experiments/nope/results", 404, None),
+        ("/v1/experiments/nope/results", 404, Some("key")),
+        (
+            "/v1/experiments/nope/results?colour=red",
+            400,
+            Some("colour"),
+        ),
         (
             "/v1/experiments/nope/results?from=yesterday",
             400,
@@ -190,6 +195,28 @@ async fn unknown_experiment_and_bad_dates_are_4xx() {
             assert_eq!(body["error"]["field"], field, "{path}");
         }
     }
+}
+
+/// A request past the api's time limit is a 503 with the usual JSON body.
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_a_json_503() {
+    let stack = TestStack::fresh().await;
+    create_two_arm_experiment(&stack, "home").await;
+    let api = spawn_api(&stack, |c| c.request_timeout_ms = 1).await;
+    let response = api
+        .client
+        .get(api.url("/v1/experiments/home/results"))
+        .header("x-api-key", &api.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "timeout", "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "the request took longer than 1 ms"
+    );
 }
 
 /// Once the split has moved (a reweight after the start), pooling mixes
@@ -260,9 +287,15 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
         .await
         .unwrap();
     assert_eq!(windowed["report"]["outcome_window_days"], 7, "{windowed}");
-    assert_eq!(windowed["report"]["periods"][0]["users"], serde_json::json!([200, 220]));
+    assert_eq!(
+        windowed["report"]["periods"][0]["users"],
+        serde_json::json!([200, 220])
+    );
     let windowed_cohort = &windowed["report"]["comparisons"][0]["cohort"]["combined"];
-    assert!(close(windowed_cohort["estimate"].as_f64().unwrap(), estimate));
+    assert!(close(
+        windowed_cohort["estimate"].as_f64().unwrap(),
+        estimate
+    ));
     sqlx::query("UPDATE experiments SET outcome_window_days = NULL WHERE key = 'home'")
         .execute(&stack.stores.pg)
         .await

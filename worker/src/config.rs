@@ -91,8 +91,10 @@ pub struct WorkerConfig {
     /// How long startup waits for the five dependencies before giving up, in seconds.
     #[arg(long, env = "MARQUEE_WORKER_STARTUP_TIMEOUT_S", default_value_t = 30)]
     pub startup_timeout_s: u64,
-    /// Address of the metrics and liveness endpoint (all interfaces, so a container's port mapping reaches it).
-    #[arg(long, env = "MARQUEE_WORKER_METRICS_HOST", default_value = "0.0.0.0")]
+    /// Address of the metrics and liveness endpoint: loopback by default, so
+    /// the worker's internals are not on every interface (docker-compose sets
+    /// 0.0.0.0, for its port mapping).
+    #[arg(long, env = "MARQUEE_WORKER_METRICS_HOST", default_value = "127.0.0.1")]
     pub metrics_host: String,
     /// Port of `/metrics` and `/health/live`; 0 picks a free one.
     #[arg(long, env = "MARQUEE_WORKER_METRICS_PORT", default_value_t = 9091)]

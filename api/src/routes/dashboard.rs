@@ -100,7 +100,7 @@ async fn headline(
 ) -> (Option<String>, Option<&'static str>, bool) {
     let results = match load_results(state, key, None, None).await {
         Ok(results) => results,
-        Err(ApiError::NotFound(_)) => return (None, None, false),
+        Err(ApiError::NotFound(_) | ApiError::NotFoundAt { .. }) => return (None, None, false),
         Err(e) => {
             tracing::warn!(experiment = %key, error = %e, "no headline");
             return (None, None, false);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,6 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AnalystAccess;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Query of a results request.
@@ -118,8 +119,8 @@ fn wants_csv(query: &ResultsQuery, headers: &HeaderMap) -> ApiResult<bool> {
 pub async fn experiment_results(
     _caller: AnalystAccess,
     State(state): State<AppState>,
-    Path(key): Path<String>,
-    Query(query): Query<ResultsQuery>,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ResultsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let key = ExperimentKey::parse_field("key", key)?;
@@ -151,7 +152,7 @@ pub async fn load_results(
     .fetch_optional(pg)
     .await
     .map_err(repositories::RepoError::from)?
-    .ok_or_else(|| ApiError::NotFound(format!("experiment {key}")))?;
+    .ok_or_else(|| ApiError::not_found("key", format!("experiment {key}")))?;
     let arms: Vec<ArmRow> = sqlx::query_as(
         "SELECT arm_key, algorithm_key, weight, is_control FROM arms WHERE experiment_key = $1 ORDER BY position, arm_key",
     )
