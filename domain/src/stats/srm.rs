@@ -78,33 +78,7 @@ pub fn sample_ratio_mismatch(
         .map(|w| total * w / weight_sum)
         .collect();
     let active = expected_weights.iter().filter(|w| **w > 0.0).count() as u64;
-    let df = active.saturating_sub(1);
-    if total == 0.0 || df == 0 {
-        // Nothing to test yet, or only one arm can receive traffic.
-        return Ok(SrmCheck {
-            statistic: 0.0,
-            df,
-            p_value: 1.0,
-            mismatch: false,
-            expected,
-        });
-    }
-    let statistic: f64 = observed
-        .iter()
-        .zip(&expected)
-        .filter(|(_, e)| **e > 0.0)
-        .map(|(&o, &e)| (o as f64 - e).powi(2) / e)
-        .sum();
-    let chi2 = ChiSquared::new(df as f64)
-        .map_err(|e| ValidationError::new("observed", format!("chi-square setup: {e}")))?;
-    let p_value = chi2.sf(statistic).clamp(0.0, 1.0);
-    Ok(SrmCheck {
-        statistic,
-        df,
-        p_value,
-        mismatch: p_value < SRM_ALPHA,
-        expected,
-    })
+    pearson(observed, &expected, active.saturating_sub(1))
 }
 
 /// The sample-ratio check of an experiment whose weights changed: over all
@@ -194,7 +168,8 @@ pub fn cohort_sample_ratio(
             None
         });
     }
-    let overall = pearson(&total_observed, &total_expected)?;
+    let active = total_expected.iter().filter(|e| **e > 0.0).count() as u64;
+    let overall = pearson(&total_observed, &total_expected, active.saturating_sub(1))?;
     let mismatch =
         users_outside_weights || overall.mismatch || by_period.iter().flatten().any(|c| c.mismatch);
     Ok(CohortSrm {
@@ -205,11 +180,11 @@ pub fn cohort_sample_ratio(
     })
 }
 
-/// Pearson χ² of `observed` against already-scaled `expected` counts; an arm
-/// expected to get nobody but observed with users makes the statistic infinite.
-fn pearson(observed: &[u64], expected: &[f64]) -> Result<SrmCheck, ValidationError> {
-    let active = expected.iter().filter(|e| **e > 0.0).count() as u64;
-    let df = active.saturating_sub(1);
+/// Pearson χ² of `observed` against already-scaled `expected` counts with
+/// `df` degrees of freedom; nothing to test (no users, or df 0) passes, and
+/// an arm expected to get nobody but observed with users makes the statistic
+/// infinite.
+fn pearson(observed: &[u64], expected: &[f64], df: u64) -> Result<SrmCheck, ValidationError> {
     let total: u64 = observed.iter().fold(0u64, |s, &o| s.saturating_add(o));
     if total == 0 || df == 0 {
         return Ok(SrmCheck {
