@@ -6,7 +6,7 @@ use std::time::Duration;
 use domain::events::{Event, EventKind};
 use domain::experiment::{Policy, ProbBestMethod, Reweight};
 use domain::ids::{ArmKey, RequestId};
-use domain::ports::pipeline::{ArmWeight, PublishedWeights, ReweightRepository, WeightsPublisher};
+use domain::ports::pipeline::{PublishedWeights, ReweightRepository, WeightsPublisher};
 use domain::results::COHORT_METHOD;
 use domain::stats::{compare, estimate, sample_ratio_mismatch, ArmCounts, Metric};
 use marquee_tests::browser::{artifacts, browse, count};
@@ -522,19 +522,11 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
     stack
         .stores
         .redis
-        .publish(&PublishedWeights {
-            experiment: experiment.key().clone(),
-            weights: change
-                .weights
-                .iter()
-                .map(|(arm, weight)| ArmWeight {
-                    arm: arm.clone(),
-                    weight: *weight,
-                })
-                .collect(),
-            computed_at: chrono::Utc::now(),
-            reason: "analyst".into(),
-        })
+        .publish(&PublishedWeights::from_reweight(
+            experiment.key(),
+            &change,
+            "analyst",
+        ))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;

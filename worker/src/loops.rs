@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 
-use chrono::Utc;
 use domain::experiment::{reweight, BanditEvidence, ReweightOutcome};
 use domain::ports::pipeline::{
-    ArmWeight, CohortSource, CohortWindow, LeasedExperiment, PublishedWeights, ReweightRepository,
-    StoreError, WeightsPublisher,
+    CohortSource, CohortWindow, LeasedExperiment, PublishedWeights, ReweightRepository, StoreError,
+    WeightsPublisher,
 };
 use domain::stats::ArmCounts;
 use repositories::clickhouse::Analytics;
@@ -117,19 +116,11 @@ impl Reweighter {
             .await?;
         if !result.held {
             self.publisher
-                .publish(&PublishedWeights {
-                    experiment: experiment.key().clone(),
-                    weights: result
-                        .weights
-                        .iter()
-                        .map(|(arm, weight)| ArmWeight {
-                            arm: arm.clone(),
-                            weight: *weight,
-                        })
-                        .collect(),
-                    computed_at: Utc::now(),
-                    reason: reason.to_owned(),
-                })
+                .publish(&PublishedWeights::from_reweight(
+                    experiment.key(),
+                    &result,
+                    reason,
+                ))
                 .await?;
         }
         tracing::info!(

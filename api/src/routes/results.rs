@@ -262,17 +262,7 @@ pub async fn load_results(
             algorithm: AlgorithmKey::parse(arm.algorithm_key.clone())?,
             is_control: arm.is_control,
             weight: arm.weight,
-            counts: t
-                .map(|t| ArmCounts {
-                    users: t.users,
-                    impressions: t.impressions,
-                    clicks: t.clicks,
-                    conversions: t.converting_users,
-                    sum_clicks_sq: t.sum_clicks_sq,
-                    sum_impressions_sq: t.sum_impressions_sq,
-                    sum_clicks_impressions: t.sum_clicks_impressions,
-                })
-                .unwrap_or_default(),
+            counts: t.map(|t| t.counts()).unwrap_or_default(),
             views: t.map_or(0, |t| t.views),
             likes: t.map_or(0, |t| t.likes),
             conversion_events: t.map_or(0, |t| t.conversion_events),

@@ -275,6 +275,29 @@ pub struct PublishedWeights {
     pub reason: String,
 }
 
+impl PublishedWeights {
+    /// The announcement of `reweight`'s weights for `experiment`, as of now.
+    pub fn from_reweight(
+        experiment: &ExperimentKey,
+        reweight: &crate::experiment::Reweight,
+        reason: &str,
+    ) -> Self {
+        Self {
+            experiment: experiment.clone(),
+            weights: reweight
+                .weights
+                .iter()
+                .map(|(arm, weight)| ArmWeight {
+                    arm: arm.clone(),
+                    weight: *weight,
+                })
+                .collect(),
+            computed_at: Utc::now(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// One arm's weight in [`PublishedWeights`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmWeight {

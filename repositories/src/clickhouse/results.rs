@@ -16,7 +16,7 @@ use super::Analytics;
 use crate::RepoResult;
 
 /// Per-arm totals over a window, with per-user sums of squares.
-#[derive(Debug, Clone, PartialEq, Deserialize, ::clickhouse::Row)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, ::clickhouse::Row)]
 pub struct ArmUserTotals {
     pub arm_key: String,
     pub users: u64,
@@ -29,6 +29,21 @@ pub struct ArmUserTotals {
     pub sum_clicks_sq: u64,
     pub sum_impressions_sq: u64,
     pub sum_clicks_impressions: u64,
+}
+
+impl ArmUserTotals {
+    /// The domain's counts of this arm.
+    pub fn counts(&self) -> ArmCounts {
+        ArmCounts {
+            users: self.users,
+            impressions: self.impressions,
+            clicks: self.clicks,
+            conversions: self.converting_users,
+            sum_clicks_sq: self.sum_clicks_sq,
+            sum_impressions_sq: self.sum_impressions_sq,
+            sum_clicks_impressions: self.sum_clicks_impressions,
+        }
+    }
 }
 
 /// One arm's per-day totals with per-user sums of squares (users active that day).
@@ -283,16 +298,7 @@ pub fn arm_totals_of(cohorts: &[CohortTotals]) -> Vec<ArmUserTotals> {
             None => {
                 totals.push(ArmUserTotals {
                     arm_key: c.arm_key.clone(),
-                    users: 0,
-                    impressions: 0,
-                    clicks: 0,
-                    converting_users: 0,
-                    conversion_events: 0,
-                    views: 0,
-                    likes: 0,
-                    sum_clicks_sq: 0,
-                    sum_impressions_sq: 0,
-                    sum_clicks_impressions: 0,
+                    ..ArmUserTotals::default()
                 });
                 totals.len() - 1
             }
