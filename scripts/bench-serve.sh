@@ -69,9 +69,12 @@ base_url="${MARQUEE_DATABASE_URL%/*}"
 psql -q "$MARQUEE_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 export MARQUEE_DATABASE_URL="$base_url/$DB"
 build_log="$(mktemp)"
-cargo build --release --locked -p marquee-api >"$build_log" 2>&1 || { tail -30 "$build_log" >&2; echo "[bench] building the api failed" >&2; exit 1; }
+# Symbols and line tables only where perf needs them; users' builds are stripped.
+PROFILE=release
+[ -n "${PERF:-}" ] && PROFILE=profiling
+cargo build --profile "$PROFILE" --locked -p marquee-api >"$build_log" 2>&1 || { tail -30 "$build_log" >&2; echo "[bench] building the api failed" >&2; exit 1; }
 rm -f "$build_log"
-target/release/api migrate >/dev/null
+target/$PROFILE/api migrate >/dev/null
 
 echo "[bench] seeding $MOVIES movies, $USERS users (5 views each), 2 lists per user"
 psql -q "$MARQUEE_DATABASE_URL" -v ON_ERROR_STOP=1 >/dev/null <<SQL
@@ -102,14 +105,14 @@ w(cmd("ZADD", "bench-serve:hot:movies", *[x for m in range(1, 201) for x in (100
 PY
 
 start_api() {
-  env "$@" ${API_CPUS:+taskset -c "$API_CPUS"} "${api_bin:-target/release/api}" serve >/tmp/marquee-bench-serve.log 2>&1 &
+  env "$@" ${API_CPUS:+taskset -c "$API_CPUS"} "${api_bin:-target/$PROFILE/api}" serve >/tmp/marquee-bench-serve.log 2>&1 &
   api_pid=$!
   trap 'kill $api_pid 2>/dev/null || true; cleanup_broker' EXIT
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
 }
 stop_api() { kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; trap cleanup_broker EXIT; }
 start_api
-CLIENT_KEY="$(target/release/api keys create --role client --name bench 2>/dev/null | tail -1 || true)"
+CLIENT_KEY="$(target/$PROFILE/api keys create --role client --name bench 2>/dev/null | tail -1 || true)"
 [ -n "$CLIENT_KEY" ] || CLIENT_KEY="bench-admin-key"
 
 lua="$(mktemp --suffix=.lua)"
@@ -320,7 +323,7 @@ compare_rows=()
 if [ -n "${COMPARE_BIN:-}" ]; then
   [ -x "$COMPARE_BIN" ] || { echo "[bench] COMPARE_BIN=$COMPARE_BIN is not an executable" >&2; exit 1; }
   for round in $(seq 1 "${COMPARE_ROUNDS:-3}"); do
-    for api_bin in target/release/api "$COMPARE_BIN"; do
+    for api_bin in target/$PROFILE/api "$COMPARE_BIN"; do
       start_api
       warm
       phase "recommendations, $api_bin (compare round $round)" -s "$lua" "http://127.0.0.1:$PORT"

@@ -49,6 +49,11 @@
 //!    which costs nothing when the arms are this far apart, and the user-level
 //!    bandit compares arms within cohorts only, which protects against drift
 //!    at the price of the late cohorts in which the weak arms get few users.
+//!    Measured split of the paired +6.5: the same user-level posteriors with
+//!    every cohort pooled into one come to +2.0 ± 0.2, so about 4.5 is the
+//!    price of drift protection and 2.0 that of honest (wider) intervals;
+//!    holding splits that move no arm by 0.01 costs nothing measurable
+//!    (+6.2 ± 0.9 with the hold off).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;

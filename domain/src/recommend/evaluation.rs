@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MovieId, UserId};
+use crate::recommend::popularity::tie_key;
 use crate::recommend::{Dataset, Recommender};
 use crate::ValidationError;
 
@@ -52,7 +53,13 @@ pub fn temporal_split(data: &Dataset, holdout: usize) -> TemporalSplit {
         let end = start + first_seen[start..].partition_point(|p| p.0 == user);
         let row = &mut first_seen[start..end];
         if holdout > 0 && row.len() > holdout {
-            row.sort_unstable_by_key(|p| (p.2, p.1));
+            // Movies first touched in the same second are ordered by the
+            // neutral hash popularity uses, not by the order the dataset
+            // first met them (which favours whatever it met first).
+            row.sort_unstable_by_key(|p| {
+                let movie = data.items.get(p.1 as usize).copied();
+                (p.2, movie.map_or(0, tie_key), p.1)
+            });
             let tail = &row[row.len() - holdout..];
             held.extend(tail.iter().map(|p| (p.0, p.1)));
             if let Some(u) = data.users.get(user as usize) {
