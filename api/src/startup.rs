@@ -119,6 +119,7 @@ impl Application {
                 Duration::from_millis(config.key_cache_ttl_ms),
             ),
             serving,
+            ready: crate::routes::health::ReadyCache::default(),
         });
         let router = build_router(state.clone());
         let address = format!("{}:{}", config.host, config.port);

@@ -39,4 +39,6 @@ pub struct Services {
     pub keys: KeyCache,
     /// Caches and queues of the recommendations and events routes.
     pub serving: Arc<Serving>,
+    /// The last readiness answer, reused for a second.
+    pub ready: crate::routes::health::ReadyCache,
 }

@@ -50,8 +50,22 @@ async fn ready_names_redis_while_it_is_down_and_recovers_without_a_restart() {
     assert_eq!(body["dependencies"].as_array().unwrap().len(), 5);
 
     redis.stop();
+    // Answers are reused for up to a second, so the outage shows within two.
+    let went_down = eventually(Duration::from_secs(2), || async {
+        ready(&api.client, &url).await.0 == 503
+    })
+    .await;
     let (status, body) = ready(&api.client, &url).await;
+    assert!(went_down, "503 once redis is down: {status} {body}");
     assert_eq!(status, 503, "{body}");
+    assert!(
+        body["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d.get("error").is_none()),
+        "probe errors stay in the log: {body}"
+    );
     assert_eq!(body["failing"], serde_json::json!(["redis"]));
     let redis_report = body["dependencies"]
         .as_array()

@@ -1,6 +1,6 @@
 //! Liveness (the process answers) and readiness (every dependency answers).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,18 +16,26 @@ pub struct Live {
     pub status: &'static str,
 }
 
+/// How long one readiness answer is reused. `/health/ready` needs no key, so
+/// without this every call would cost five store probes.
+pub const READY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness answer and when it was probed. The lock is held across
+/// the probe, so concurrent callers share one probe instead of starting five each.
+#[derive(Default)]
+pub struct ReadyCache(tokio::sync::Mutex<Option<(Instant, StatusCode, Ready)>>);
+
 /// One dependency in the readiness answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DependencyReport {
     pub name: String,
     pub status: &'static str,
     pub latency_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
-/// Readiness answer: overall status, the failing dependencies, and each one's probe.
-#[derive(Debug, Serialize, ToSchema)]
+/// Readiness answer: overall status, the failing dependencies, and each one's
+/// probe. The probes' errors go to the log, not to this unauthenticated body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Ready {
     pub status: &'static str,
     pub failing: Vec<String>,
@@ -40,12 +48,25 @@ pub async fn live() -> Json<Live> {
     Json(Live { status: "ok" })
 }
 
-/// Every dependency answered within its time limit (200), or some did not (503, naming them).
+/// Every dependency answered within its time limit (200), or some did not (503,
+/// naming them). The answer is at most [`READY_CACHE_TTL`] old.
 #[utoipa::path(get, path = "/health/ready", tag = "health", responses(
     (status = 200, body = Ready, description = "all five dependencies answer"),
     (status = 503, body = Ready, description = "the dependencies in `failing` do not answer"),
 ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
+    let mut cached = state.ready.0.lock().await;
+    if let Some((at, status, body)) = cached.as_ref() {
+        if at.elapsed() < READY_CACHE_TTL {
+            return (*status, Json(body.clone()));
+        }
+    }
+    let (status, body) = probe(&state).await;
+    *cached = Some((Instant::now(), status, body.clone()));
+    (status, Json(body))
+}
+
+async fn probe(state: &AppState) -> (StatusCode, Ready) {
     let timeout = Duration::from_millis(state.config.ready_timeout_ms);
     let checks = state.stores.check(timeout).await;
     let failing: Vec<String> = checks
@@ -55,11 +76,15 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
         .collect();
     let dependencies = checks
         .into_iter()
-        .map(|c| DependencyReport {
-            name: c.name.to_owned(),
-            status: if c.ok { "up" } else { "down" },
-            latency_ms: c.latency_ms,
-            error: c.error,
+        .map(|c| {
+            if let Some(error) = &c.error {
+                tracing::warn!(dependency = c.name, %error, "readiness probe failed");
+            }
+            DependencyReport {
+                name: c.name.to_owned(),
+                status: if c.ok { "up" } else { "down" },
+                latency_ms: c.latency_ms,
+            }
         })
         .collect();
     let (status, word) = if failing.is_empty() {
@@ -70,10 +95,10 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     };
     (
         status,
-        Json(Ready {
+        Ready {
             status: word,
             failing,
             dependencies,
-        }),
+        },
     )
 }
