@@ -135,6 +135,11 @@ pub struct Event {
 pub struct EventRules {
     /// Events stamped further ahead than this are rejected as clock errors.
     pub max_future_skew: Duration,
+    /// Events stamped further back than this are rejected: 30 days by
+    /// default, past Kafka's default retention of 7, so a worker replaying
+    /// its backlog never refuses a genuine late event, while a stamp of 1970
+    /// (an unset clock) cannot land in a closed period of a results report.
+    pub max_age: Duration,
     /// Whether `impression` events are acceptable (worker: yes; client API: no).
     pub allow_impressions: bool,
     /// The largest `value` each event type may carry.
@@ -145,6 +150,7 @@ impl Default for EventRules {
     fn default() -> Self {
         Self {
             max_future_skew: Duration::minutes(5),
+            max_age: Duration::days(30),
             allow_impressions: true,
             value_bounds: ValueBounds::default(),
         }
@@ -235,6 +241,12 @@ impl RawEvent {
             return Err(ValidationError::new(
                 "ts",
                 "must not be before 1970-01-01T00:00:00Z",
+            ));
+        }
+        if ts < now - rules.max_age {
+            return Err(ValidationError::new(
+                "ts",
+                format!("is older than the {}-day horizon", rules.max_age.num_days()),
             ));
         }
         if let Some(value) = self.value {
@@ -754,6 +766,20 @@ mod tests {
             ),
             (
                 RawEvent {
+                    ts: Some(now() - Duration::days(31)),
+                    ..click()
+                },
+                "ts",
+            ),
+            (
+                RawEvent {
+                    ts: Some(DateTime::UNIX_EPOCH),
+                    ..click()
+                },
+                "ts",
+            ),
+            (
+                RawEvent {
                     ts: "-5000-01-01T00:00:00Z".parse().ok(),
                     ..click()
                 },
@@ -781,6 +807,22 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.field, field, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn late_events_inside_the_horizon_are_kept() {
+        let raw = RawEvent {
+            ts: Some(now() - Duration::days(29)),
+            ..click()
+        };
+        assert!(raw.validate(now(), EventRules::default()).is_ok());
+        let err = RawEvent {
+            ts: Some(now() - Duration::days(31)),
+            ..click()
+        }
+        .validate(now(), EventRules::default())
+        .unwrap_err();
+        assert!(err.message.contains("30-day horizon"), "{err:?}");
     }
 
     #[test]

@@ -960,6 +960,18 @@ fn cases() -> Vec<Case> {
         Case {
             auth: Auth::Client,
             ..post(
+                "the only event is stamped in 1970, past the 30-day horizon",
+                "/v1/events",
+                json_body(
+                    json!({"events": [{"event_id": "6f1c1a43-7a0b-4a27-9d3b-7c1a3d0f9e01", "type": "view", "user_id": "u", "movie_id": 3, "ts": "1970-01-01T00:00:00Z"}]}),
+                ),
+                400,
+                "events[0].ts",
+            )
+        },
+        Case {
+            auth: Auth::Client,
+            ..post(
                 "the only event is stamped before 1970",
                 "/v1/events",
                 json_body(

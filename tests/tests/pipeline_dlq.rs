@@ -36,12 +36,15 @@ async fn malformed_messages_go_to_the_dlq_and_the_partition_keeps_moving() {
         // Before the epoch: PostgreSQL would refuse its history row and fail
         // the whole batch on every retry, stalling the partition.
         ("ts", br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c16","type":"view","user_id":"u1","movie_id":3,"ts":"-5000-01-01T00:00:00Z"}"#.to_vec()),
+        // An unset clock: past the 30-day horizon, it would land in a closed
+        // weight period of a results report.
+        ("ts", br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c18","type":"view","user_id":"u1","movie_id":3,"ts":"1970-01-02T00:00:00Z"}"#.to_vec()),
         ("body", br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c15","type":"click","user_id":"u1","movie_id":3,"colour":"red"}"#.to_vec()),
         // Two of these made the arm's value sum infinite in ClickHouse.
         ("value", br#"{"event_id":"6f1c2a8e-8c1d-4a51-9d4e-8f5b5f1e0c17","type":"conversion","user_id":"u1","value":1.7e308}"#.to_vec()),
     ];
     let letters_expected = 10 * bad.len();
-    // Every message on one key (one partition): 10 rounds of 50 good and the 9 bad.
+    // Every message on one key (one partition): 10 rounds of 50 good and the bad ones.
     let good = mixed_events(500, 1, 0);
     let mut messages = Vec::new();
     let mut expected_fields: HashMap<String, usize> = HashMap::new();
