@@ -1,6 +1,7 @@
 //! Clicks carrying the request id of an earlier impression are attributed to
 //! its experiment, arm and position; unknown request ids are stored
-//! unattributed; conversions without one go to the user's sticky arm.
+//! unattributed, as are clicks naming another user's request id or a movie
+//! that list never held; conversions without one go to the user's sticky arm.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -118,6 +119,20 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
             Some(RequestId::new_random()),
         ));
     }
+    // Forged: 50 clicks by another user naming u1's request id, and 5 by u1
+    // on a movie that list never held. None may reach the treatment arm.
+    let victim = &impressions[1];
+    for _ in 0..50 {
+        actions.push(action(
+            EventKind::Click,
+            "mallory",
+            Some(5),
+            victim.request_id,
+        ));
+    }
+    for _ in 0..5 {
+        actions.push(action(EventKind::Click, "u1", Some(5), victim.request_id));
+    }
     // Sticky arms: u1 is in treatment; its conversion without a request id is attributed there.
     sqlx::query("INSERT INTO assignments (experiment_key, user_id, arm_key) VALUES ('home', 'u1', 'treatment'), ('home', 'u2', 'control')")
         .execute(&stack.stores.pg)
@@ -188,8 +203,9 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
         .await
         .unwrap();
     assert_eq!(
-        unattributed, 25,
-        "unknown request ids are stored, unattributed"
+        unattributed,
+        25 + 55,
+        "unknown request ids and forged clicks are stored, unattributed"
     );
     let attributed_views: u64 = client
         .query("SELECT count() FROM events FINAL WHERE type = 'view' AND experiment_key = 'home' AND position = 0 AND model_version = 'v1'")
@@ -201,6 +217,16 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
     let unattributed_counted = second
         .metric_total("marquee_events_unattributed_total")
         .await;
-    assert_eq!(unattributed_counted, 25.0);
+    assert_eq!(unattributed_counted, 25.0 + 55.0);
+    let page = marquee_tests::metrics_page(&second.url("/metrics")).await;
+    let refused = |reason: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with("marquee_events_attribution_refused_total{"))
+            .filter(|l| l.contains(&format!("reason=\"{reason}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(refused("other_user"), 50.0, "{page}");
+    assert_eq!(refused("movie_not_served"), 5.0, "{page}");
     second.stop().await;
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use domain::events::EventKind;
 use domain::ids::RequestId;
 use domain::ports::pipeline::{
-    AssignmentLookup, AttributionStore, ServedList, StoreError, StoredEvent,
+    AssignmentLookup, AttributionRefusal, AttributionStore, ServedList, StoreError, StoredEvent,
 };
 
 /// A bounded map with two generations: lookups hit either, inserts go to the
@@ -58,8 +58,13 @@ impl RecentLists {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AttributionCounts {
     pub attributed: u64,
+    /// Unattributed for any reason, those refused below included.
     pub unattributed: u64,
     pub sticky: u64,
+    /// Named a list served to another user.
+    pub other_user: u64,
+    /// A click on a movie its list did not contain.
+    pub movie_not_served: u64,
 }
 
 impl AttributionCounts {
@@ -68,6 +73,15 @@ impl AttributionCounts {
         self.attributed += other.attributed;
         self.unattributed += other.unattributed;
         self.sticky += other.sticky;
+        self.other_user += other.other_user;
+        self.movie_not_served += other.movie_not_served;
+    }
+
+    fn refused(&mut self, refusal: AttributionRefusal) {
+        match refusal {
+            AttributionRefusal::OtherUser => self.other_user += 1,
+            AttributionRefusal::MovieNotServed => self.movie_not_served += 1,
+        }
     }
 }
 
@@ -103,7 +117,10 @@ impl Attributor {
         let mut lists = Vec::new();
         for e in events {
             if let (Some(imp), Some(request_id)) = (&e.event.impression, e.event.request_id) {
-                let list = ServedList::from(imp);
+                let list = ServedList {
+                    user: Some(e.event.user_id.clone()),
+                    ..ServedList::from(imp)
+                };
                 self.recent.insert(request_id, Arc::new(list.clone()));
                 lists.push((request_id, list));
             }
@@ -202,9 +219,23 @@ impl Attributor {
             match e.event.request_id {
                 Some(id) => match self.recent.get(&id) {
                     Some(list) => {
-                        e.attributions.push(list.attribute(e.event.movie_id));
-                        e.model_version = list.model_version.clone();
-                        counts.attributed += 1;
+                        match list.admits(e.event.kind, &e.event.user_id, e.event.movie_id) {
+                            Ok(()) => {
+                                e.attributions.push(list.attribute(e.event.movie_id));
+                                e.model_version = list.model_version.clone();
+                                counts.attributed += 1;
+                            }
+                            Err(refusal) => {
+                                counts.unattributed += 1;
+                                counts.refused(refusal);
+                                tracing::debug!(
+                                    event_id = %e.event.id,
+                                    request_id = %id,
+                                    reason = refusal.as_str(),
+                                    "not credited to the served list"
+                                );
+                            }
+                        }
                     }
                     None => counts.unattributed += 1,
                 },
@@ -366,6 +397,40 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn forged_clicks_naming_another_users_request_are_not_credited() {
+        let store = Arc::new(MemoryLists::default());
+        let mut attributor = attributor_over(store.clone());
+        let served = RequestId::new_random();
+        let mut impression = event(EventKind::Impression, served);
+        if let Some(imp) = impression.event.impression.as_mut() {
+            imp.items = vec![domain::events::ServedItem {
+                movie_id: domain::ids::MovieId::parse(7).unwrap(),
+                position: 0,
+            }];
+        }
+        attributor.remember(&[impression]).await.unwrap();
+
+        let click = |user: &str, movie: i64| {
+            let mut e = event(EventKind::Click, served);
+            e.event.user_id = UserId::parse(user).unwrap();
+            e.event.movie_id = Some(domain::ids::MovieId::parse(movie).unwrap());
+            e
+        };
+        let mut batch: Vec<StoredEvent> = (0..50).map(|_| click("mallory", 99)).collect();
+        batch.push(click("u1", 99));
+        batch.push(click("u1", 7));
+        let counts = attributor.attribute(&mut batch).await.unwrap();
+        assert_eq!(counts.attributed, 1, "{counts:?}");
+        assert_eq!(counts.unattributed, 51);
+        assert_eq!((counts.other_user, counts.movie_not_served), (50, 1));
+        assert!(batch[..51].iter().all(|e| e.attributions.is_empty()));
+        assert_eq!(batch[51].attributions[0].position, Some(0));
+        // The list shared with other workers names its user too.
+        let shared = store.lists.lock().unwrap().get(&served).cloned().unwrap();
+        assert_eq!(shared.user.unwrap().as_str(), "u1");
+    }
+
     fn list(arm: &str) -> Arc<ServedList> {
         Arc::new(ServedList {
             experiment: ExperimentKey::parse("home").unwrap(),
@@ -373,6 +438,7 @@ mod tests {
             algorithm: AlgorithmKey::parse("als").unwrap(),
             model_version: None,
             items: Vec::new(),
+            user: None,
         })
     }
 

@@ -629,6 +629,15 @@ impl Pipeline {
         }
         metrics::counter!("marquee_events_unattributed_total")
             .increment(stored.attribution.unattributed);
+        for (reason, n) in [
+            ("other_user", stored.attribution.other_user),
+            ("movie_not_served", stored.attribution.movie_not_served),
+        ] {
+            if n > 0 {
+                metrics::counter!("marquee_events_attribution_refused_total", "reason" => reason)
+                    .increment(n);
+            }
+        }
         metrics::counter!("marquee_worker_events_attributed_total")
             .increment(stored.attribution.attributed + stored.attribution.sticky);
         tracing::debug!(

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::{Attribution, Event, ImpressionDetails, ServedItem};
+use crate::events::{Attribution, Event, EventKind, ImpressionDetails, ServedItem};
 use crate::experiment::WeightPeriod;
 use crate::ids::{AlgorithmKey, ArmKey, EventId, ExperimentKey, MovieId, RequestId, UserId};
 use crate::results::CohortCounts;
@@ -73,6 +73,10 @@ pub struct ServedList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
     pub items: Vec<ServedItem>,
+    /// Whom the list was served to. Lists stored before this field existed
+    /// have none and are matched on the request id alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 impl From<&ImpressionDetails> for ServedList {
@@ -83,11 +87,58 @@ impl From<&ImpressionDetails> for ServedList {
             algorithm: details.algorithm.clone(),
             model_version: details.model_version.clone(),
             items: details.items.clone(),
+            user: None,
+        }
+    }
+}
+
+/// Why an event naming a request id was not credited to its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributionRefusal {
+    /// The event's user is not the one the list was served to.
+    OtherUser,
+    /// A click on a movie the list did not contain.
+    MovieNotServed,
+}
+
+impl AttributionRefusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OtherUser => "other_user",
+            Self::MovieNotServed => "movie_not_served",
         }
     }
 }
 
 impl ServedList {
+    /// Whether an event of `kind` by `user` about `movie` may be credited to
+    /// this list. A request id travels through clients, so anyone can name
+    /// one: without this check, clicks from another user on a movie that
+    /// was never served were credited to the arm. Views, likes and
+    /// conversions may be of a movie reached from the page, so only a click
+    /// must be on a served movie.
+    pub fn admits(
+        &self,
+        kind: EventKind,
+        user: &UserId,
+        movie: Option<MovieId>,
+    ) -> Result<(), AttributionRefusal> {
+        if self
+            .user
+            .as_ref()
+            .is_some_and(|served_to| served_to != user)
+        {
+            return Err(AttributionRefusal::OtherUser);
+        }
+        if kind == EventKind::Click
+            && !movie.is_some_and(|m| self.items.iter().any(|item| item.movie_id == m))
+        {
+            return Err(AttributionRefusal::MovieNotServed);
+        }
+        Ok(())
+    }
+
     /// Attribution of an event about `movie`: the list's experiment, arm and
     /// algorithm, and the movie's position in the list. A movie that was not
     /// in the list still belongs to the arm that served the page (position unknown).
@@ -331,7 +382,39 @@ mod tests {
                     position: 1,
                 },
             ],
+            user: Some(UserId::parse("alice").unwrap()),
         }
+    }
+
+    #[test]
+    fn only_the_served_user_and_for_clicks_a_served_movie_are_admitted() {
+        let alice = UserId::parse("alice").unwrap();
+        let mallory = UserId::parse("mallory").unwrap();
+        let served = Some(MovieId::parse(9).unwrap());
+        let unserved = Some(MovieId::parse(1).unwrap());
+        let l = list();
+        assert_eq!(l.admits(EventKind::Click, &alice, served), Ok(()));
+        assert_eq!(
+            l.admits(EventKind::Click, &mallory, served),
+            Err(AttributionRefusal::OtherUser)
+        );
+        assert_eq!(
+            l.admits(EventKind::Click, &alice, unserved),
+            Err(AttributionRefusal::MovieNotServed)
+        );
+        assert_eq!(l.admits(EventKind::View, &alice, unserved), Ok(()));
+        assert_eq!(
+            l.admits(EventKind::Conversion, &mallory, None),
+            Err(AttributionRefusal::OtherUser)
+        );
+        // A list stored before lists named their user: request id alone.
+        let old = ServedList {
+            user: None,
+            ..list()
+        };
+        assert_eq!(old.admits(EventKind::View, &mallory, unserved), Ok(()));
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("user"), "{json}");
     }
 
     #[test]
