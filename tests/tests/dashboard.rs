@@ -18,6 +18,13 @@ async fn dashboard_renders_the_arms_table_and_charts_and_warns_on_srm() {
 
     let page = api.client.get(api.url("/dashboard")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
+    // The page renders below under this policy, so it needs nothing inline.
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
 
     let dom = browse(
         &api,
