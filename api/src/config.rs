@@ -19,7 +19,9 @@ pub struct ApiConfig {
     /// How long a looked-up API key (or its absence) is trusted before
     /// PostgreSQL is asked again, in milliseconds: a revoked key stops working
     /// within this time. While PostgreSQL is down, keys seen valid before keep working.
-    #[arg(long, env = "MARQUEE_KEY_CACHE_TTL_MS", default_value_t = 30_000)]
+    /// One second: every replica refuses a revoked key within it, at the cost
+    /// of one primary-key lookup per key per second per replica.
+    #[arg(long, env = "MARQUEE_KEY_CACHE_TTL_MS", default_value_t = 1_000)]
     pub key_cache_ttl_ms: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MARQUEE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
