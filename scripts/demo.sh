@@ -21,7 +21,7 @@ SEED="${DEMO_SEED:-42}"
 PORT="${MARQUEE_API_PORT:-8080}"
 LOGS="$ROOT/.stack/logs"
 BIN="$ROOT/target/release"
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '\n\033[1m== [+%dm%02ds] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 pids=()
 cleanup() {
@@ -151,6 +151,7 @@ client key  ${CLIENT_KEY:-(none created)}
 metrics     $API/metrics  and  http://127.0.0.1:$MARQUEE_WORKER_METRICS_PORT/metrics
 logs        $LOGS/api.log  $LOGS/worker.log
 EOF
+echo "demo ready after $((SECONDS / 60))m$((SECONDS % 60))s (stack, build, seed, train, ${SECONDS_OF_TRAFFIC}s of traffic)"
 if [ -t 0 ]; then
   say "api and worker keep running; Ctrl-C stops them"
   wait

@@ -43,8 +43,13 @@ TANSU_BIN="$TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu"
 S3S_BIN="$TOOLS_DIR/s3s-fs-$S3S_VERSION/bin/s3s-fs"
 GARAGE_BIN="$TOOLS_DIR/garage-$GARAGE_VERSION/bin/garage"
 PG_BIN="/usr/lib/postgresql/15/bin"
+# Measured on a fresh 2-core machine (see README, "First run"); printed so the
+# wait has an end in sight.
+declare -A TOOL_BUILD_ESTIMATE=([tansu]="about 9 min" [s3s-fs]="about 3 min" [garage]="about 15 min")
 
-log() { printf '[stack] %s\n' "$*" >&2; }
+# Elapsed time on every line: a first run spends minutes in tool builds, and a
+# newcomer should see which step it is in and that it moves.
+log() { printf '[stack +%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -84,7 +89,8 @@ cargo_tool() {
   local bin="$1" crate="$2" version="$3" features="$4"
   [ -x "$bin" ] && return 0
   command -v cargo >/dev/null || die "cargo is needed to build $crate"
-  log "building $crate $version into $TOOLS_DIR (once per machine; this takes minutes)"
+  local estimate="${TOOL_BUILD_ESTIMATE[$crate]:-a few minutes}" began=$SECONDS
+  log "building $crate $version into $TOOLS_DIR (once per machine; $estimate on 2 cores)"
   local args=(install "$crate@$version" --locked --root "$(dirname "$(dirname "$bin")")")
   [ -n "$features" ] && args+=(--features "$features")
   # A lighter release profile than the tools' own (no LTO, parallel codegen, no
@@ -94,6 +100,7 @@ cargo_tool() {
     cargo "${args[@]}" >"$TOOLS_DIR/$crate-build.log" 2>&1 \
     || die "building $crate failed; see $TOOLS_DIR/$crate-build.log"
   rm -rf "$TOOLS_DIR/.build-$crate"
+  log "built $crate in $(((SECONDS - began) / 60))m$(((SECONDS - began) % 60))s"
 }
 
 # Python with confluent-kafka: the external Kafka client of the tests and the
