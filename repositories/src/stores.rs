@@ -51,10 +51,34 @@ impl Stores {
     /// views, Kafka topics, the S3 bucket. Idempotent.
     pub async fn migrate(&self) -> RepoResult<()> {
         postgres::migrate(&self.pg).await?;
-        clickhouse::migrate(&self.settings.clickhouse()).await?;
+        self.migrate_clickhouse().await?;
         kafka::ensure_topics(&self.settings.kafka()).await?;
         self.objects.ensure_bucket().await?;
         Ok(())
+    }
+
+    /// ClickHouse has no transactions and no locks, and a backfill run twice
+    /// would add its events twice; the api and the worker both migrate at
+    /// start-up, so the ClickHouse migrations run under a PostgreSQL advisory
+    /// lock. It is held by one connection's session: if this process dies,
+    /// the connection closes and the lock goes with it.
+    async fn migrate_clickhouse(&self) -> RepoResult<()> {
+        const LOCK: i64 = 0x6d71_6368_6d69_6772; // "mqchmigr"
+        let mut conn = self.pg.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let migrated = clickhouse::migrate(&self.settings.clickhouse()).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // A pooled connection must not keep the lock for its next user.
+            let _ = conn.close().await;
+        }
+        migrated
     }
 
     /// Probe all five stores concurrently, each bounded by `timeout`.

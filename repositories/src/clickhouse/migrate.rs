@@ -36,7 +36,23 @@ pub static MIGRATIONS: &[(u32, &str, &str)] = &[
         "arm_user_first",
         include_str!("../../../migrations/clickhouse/0006_arm_user_first.sql"),
     ),
+    (
+        7,
+        "arm_user_cohort",
+        include_str!("../../../migrations/clickhouse/0007_arm_user_cohort.sql"),
+    ),
 ];
+
+/// Placeholder for the migration's cutoff, in seconds of `ingested_at`: a
+/// materialized view that must not see what its backfill copies takes
+/// batches stamped at or after it, the backfill those stamped before.
+const CUTOFF: &str = "{cutoff}";
+
+/// How far ahead of the server's clock a cutoff is set, and how long after it
+/// the backfill starts: a batch is stamped by the worker's clock just before
+/// its insert, so this bounds both the clock skew and an insert's time in
+/// flight that the split tolerates.
+const CUTOFF_MARGIN_S: u32 = 5;
 
 /// Split a migration file into statements: 18.16's HTTP interface takes one at a time.
 fn statements(sql: &str) -> Vec<String> {
@@ -61,10 +77,122 @@ struct Applied {
     version: u32,
 }
 
+#[derive(Debug, serde::Deserialize, ::clickhouse::Row)]
+struct Count {
+    n: u64,
+}
+
+#[derive(Debug, serde::Deserialize, ::clickhouse::Row)]
+struct Seconds {
+    s: u32,
+}
+
+/// The table of a backfill statement (`INSERT INTO <table> ...`, in a
+/// migration split at the cutoff).
+fn backfill_table(statement: &str) -> Option<&str> {
+    statement
+        .strip_prefix("INSERT INTO ")?
+        .split_whitespace()
+        .next()
+}
+
+impl Analytics {
+    async fn server_now(&self) -> RepoResult<u32> {
+        let row = self
+            .client
+            .query("SELECT toUInt32(now()) AS s")
+            .fetch_one::<Seconds>()
+            .await?;
+        Ok(row.s)
+    }
+
+    /// The cutoff of `version`, chosen once and kept in `migration_cutoffs`
+    /// so a rerun after a crash splits the events where the view already
+    /// does. With no events yet there is nothing to backfill: 0, and the
+    /// view takes everything.
+    async fn cutoff(&self, version: u32) -> RepoResult<u32> {
+        let stored = self
+            .client
+            .query("SELECT cutoff AS s FROM migration_cutoffs WHERE version = ?")
+            .bind(version)
+            .fetch_all::<Seconds>()
+            .await?;
+        if let Some(row) = stored.first() {
+            return Ok(row.s);
+        }
+        let events = self
+            .client
+            .query("SELECT count() AS n FROM events")
+            .fetch_one::<Count>()
+            .await?
+            .n;
+        let cutoff = if events == 0 {
+            0
+        } else {
+            self.server_now().await? + CUTOFF_MARGIN_S
+        };
+        self.client
+            .query("INSERT INTO migration_cutoffs (version, cutoff) VALUES (?, ?)")
+            .bind(version)
+            .bind(cutoff)
+            .execute()
+            .await?;
+        Ok(cutoff)
+    }
+
+    /// Run a backfill unless its sentinel row (`user_id = 'backfill:NNNN'`,
+    /// written by the same insert) shows it already ran, once every batch
+    /// stamped before the cutoff has had time to land.
+    async fn backfill(
+        &self,
+        version: u32,
+        table: &str,
+        statement: &str,
+        cutoff: u32,
+    ) -> RepoResult<()> {
+        let done = self
+            .client
+            .query(&format!(
+                "SELECT count() AS n FROM {table} WHERE experiment_key = '' AND user_id = ?"
+            ))
+            .bind(format!("backfill:{version:04}"))
+            .fetch_one::<Count>()
+            .await?;
+        if done.n > 0 {
+            return Ok(());
+        }
+        if cutoff > 0 {
+            let now = self.server_now().await?;
+            let wait = (cutoff + CUTOFF_MARGIN_S).saturating_sub(now);
+            tracing::info!(
+                version,
+                table,
+                wait_s = wait,
+                "waiting for batches stamped before the cutoff to land"
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(u64::from(wait))).await;
+        }
+        self.client.query(statement).execute().await?;
+        tracing::info!(
+            version,
+            table,
+            cutoff,
+            "backfilled from events stored before the cutoff"
+        );
+        Ok(())
+    }
+}
+
 /// Create the database if needed and apply what `schema_migrations` lacks.
 /// Each statement is `IF NOT EXISTS`, so a migration interrupted half-way
-/// is completed on the next run.
+/// is completed on the next run. Not safe to run twice at once (a backfill
+/// would count twice): `Stores::migrate` holds a lock around it.
 pub async fn migrate(settings: &ClickHouseSettings) -> RepoResult<()> {
+    migrate_through(settings, u32::MAX).await
+}
+
+/// [`migrate`], stopping after migration `last` (tests of a later one's backfill).
+pub async fn migrate_through(settings: &ClickHouseSettings, last: u32) -> RepoResult<()> {
     if !settings
         .database
         .chars()
@@ -91,6 +219,13 @@ pub async fn migrate(settings: &ClickHouseSettings) -> RepoResult<()> {
         )
         .execute()
         .await?;
+    db.client
+        .query(
+            "CREATE TABLE IF NOT EXISTS migration_cutoffs (version UInt32, cutoff UInt32) \
+             ENGINE = MergeTree() ORDER BY version",
+        )
+        .execute()
+        .await?;
     let applied: Vec<u32> = db
         .client
         .query("SELECT version FROM schema_migrations")
@@ -100,11 +235,24 @@ pub async fn migrate(settings: &ClickHouseSettings) -> RepoResult<()> {
         .map(|a| a.version)
         .collect();
     for (version, name, sql) in MIGRATIONS {
-        if applied.contains(version) {
+        if applied.contains(version) || *version > last {
             continue;
         }
+        let cutoff = if sql.contains(CUTOFF) {
+            Some(db.cutoff(*version).await?)
+        } else {
+            None
+        };
         for statement in statements(sql) {
-            db.client.query(&statement).execute().await?;
+            let Some(cutoff) = cutoff else {
+                db.client.query(&statement).execute().await?;
+                continue;
+            };
+            let filled = statement.replace(CUTOFF, &cutoff.to_string());
+            match backfill_table(&statement) {
+                Some(table) => db.backfill(*version, table, &filled, cutoff).await?,
+                None => db.client.query(&filled).execute().await?,
+            }
         }
         db.client
             .query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")

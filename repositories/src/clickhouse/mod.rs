@@ -10,7 +10,7 @@ mod rows;
 
 use std::time::Duration;
 
-pub use migrate::{migrate, MIGRATIONS};
+pub use migrate::{migrate, migrate_through, MIGRATIONS};
 pub use rows::EventRow;
 
 use crate::RepoResult;

@@ -352,13 +352,15 @@ fn period_expression(starts: usize) -> String {
 
 impl Analytics {
     /// Per (period, arm), the users first exposed in that period with their
-    /// sums: each user's first exposure (`arm_user_first`) paired with their
-    /// whole-run sums (`arm_user`) in one GROUP BY over both (a UNION ALL,
-    /// keyed by a 64-bit hash of arm and user: 18.16 returns no rows from a
-    /// JOIN whose left side reads FINAL, and groups by one integer far faster
-    /// than by two strings). With an outcome window, the per-day sums of
-    /// `arm_user_daily` on days before the first day + window, joined to the
-    /// first exposures. One row per cohort comes back however many users.
+    /// sums: over each user's whole exposure, one row per user of
+    /// `arm_user_cohort` (sums and first exposure together) collapsed by
+    /// FINAL (which must read a summed column: 18.16's FINAL over key
+    /// columns alone returns no rows). With an outcome window, the per-day sums of `arm_user_daily`
+    /// on days before the first day + window, joined to the first exposures
+    /// of `arm_user_first` (keyed by a 64-bit hash of arm and user: 18.16
+    /// returns no rows from a JOIN whose left side reads FINAL, and joins on
+    /// one integer far faster than on two strings). One row per cohort comes
+    /// back however many users.
     pub async fn cohort_totals(
         &self,
         experiment: &ExperimentKey,
@@ -369,18 +371,9 @@ impl Analytics {
         let from = bound_seconds(window.first_exposed_from, 0);
         let before = bound_seconds(window.first_exposed_before, u32::MAX);
         let per_user = match window.outcome_window_days {
-            None => "SELECT k, any(arm_key) AS arm_key, sum(i0) AS i, sum(c0) AS c, sum(cv0) AS cv, \
-                       sum(v0) AS v, sum(l0) AS l, minIf(f0, f0 > 0) AS first \
-                     FROM ( \
-                       SELECT cityHash64(arm_key, user_id) AS k, arm_key, impressions AS i0, clicks AS c0, \
-                              conversions AS cv0, views AS v0, likes AS l0, toUInt32(0) AS f0 \
-                       FROM arm_user WHERE experiment_key = ? \
-                       UNION ALL \
-                       SELECT cityHash64(arm_key, user_id) AS k, arm_key, toUInt64(0) AS i0, toUInt64(0) AS c0, \
-                              toUInt64(0) AS cv0, toUInt64(0) AS v0, toUInt64(0) AS l0, \
-                              toUInt32(finalizeAggregation(first_seen)) AS f0 \
-                       FROM arm_user_first WHERE experiment_key = ?) \
-                     GROUP BY k HAVING first >= ? AND first < ?"
+            None => "SELECT arm_key, impressions AS i, clicks AS c, conversions AS cv, views AS v, \
+                       likes AS l, toUInt32(finalizeAggregation(first_seen)) AS first \
+                     FROM arm_user_cohort FINAL WHERE experiment_key = ? AND first >= ? AND first < ?"
                 .to_owned(),
             Some(_) => "SELECT k, any(arm_key) AS arm_key, sum(impressions) AS i, sum(clicks) AS c, \
                        sum(conversions) AS cv, sum(views) AS v, sum(likes) AS l, any(f1) AS first \
@@ -413,9 +406,9 @@ impl Analytics {
         for start in starts.iter().skip(1) {
             query = query.bind(*start);
         }
-        query = query.bind(experiment.as_str()).bind(experiment.as_str());
+        query = query.bind(experiment.as_str());
         if let Some(days) = window.outcome_window_days {
-            query = query.bind(u32::from(days));
+            query = query.bind(experiment.as_str()).bind(u32::from(days));
         }
         query = query.bind(from).bind(before);
         crate::error::with_timeout("clickhouse cohorts", self.timeout(), query.fetch_all()).await
