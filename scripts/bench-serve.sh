@@ -50,6 +50,8 @@ source <(scripts/stack.sh env)
 set +a
 export MARQUEE_API_PORT="$PORT" MARQUEE_BOOTSTRAP_ADMIN_KEY="bench-admin-key" MARQUEE_REDIS_NAMESPACE="bench-serve:"
 export MARQUEE_DEFAULT_EXPERIMENT=bench RUST_LOG=warn
+# wrk sends every request with one client key, far past its production limit.
+export MARQUEE_RATE_LIMIT_PER_KEY=0
 # Its own topics, ClickHouse database and bucket, and a scratch broker with a
 # fresh store of its own (removed at the end): the ~1M impressions a run emits
 # must not reach a worker consuming the main events topic, and the broker's

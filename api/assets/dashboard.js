@@ -3,30 +3,27 @@
 "use strict";
 
 const COLORS = ["#2563eb", "#16a34a", "#ea580c", "#9333ea", "#0891b2", "#be123c", "#4d7c0f", "#a16207"];
-const COOKIE = "marquee_key";
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-function readKey() {
-  // A key in the fragment (never sent to the server) signs in once, then leaves the URL.
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("key")) {
-    saveKey(hash.get("key"));
-    history.replaceState(null, "", location.pathname + location.search);
+// The session is an HttpOnly cookie the server sets from a sign-in exchange:
+// this script never holds the key after signing in, so an injected script
+// could not read it, and the cookie is accepted for reads (GET) only.
+async function signIn(key) {
+  const response = await fetch("/dashboard/session", { method: "POST", headers: { "x-api-key": key } });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    const error = new Error((body.error && body.error.message) || response.statusText);
+    error.status = response.status;
+    throw error;
   }
-  const match = document.cookie.split("; ").find((c) => c.startsWith(COOKIE + "="));
-  return match ? decodeURIComponent(match.split("=")[1]) : null;
 }
 
-function saveKey(key) {
-  document.cookie = `${COOKIE}=${encodeURIComponent(key)}; path=/dashboard; SameSite=Strict; max-age=${7 * 86400}`;
+async function signOut() {
+  await fetch("/dashboard/session", { method: "DELETE" }).catch(() => {});
 }
 
-function forgetKey() {
-  document.cookie = `${COOKIE}=; path=/dashboard; max-age=0`;
-}
-
-async function api(path, key) {
-  const response = await fetch(path, { headers: { "x-api-key": key, accept: "application/json" } });
+async function api(path) {
+  const response = await fetch(path, { credentials: "same-origin", headers: { accept: "application/json" } });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = new Error((body.error && body.error.message) || response.statusText);
@@ -55,7 +52,6 @@ const num = (x) => (x === null || x === undefined ? "–" : x.toLocaleString("en
 const ci = (e) => (e && e.mean !== null ? `${pct(e.mean)} (${pct(e.ci_low)} – ${pct(e.ci_high)})` : "–");
 
 function showLogin(message) {
-  forgetKey();
   for (const id of ["list", "detail"]) document.getElementById(id).hidden = true;
   document.getElementById("login").hidden = false;
   document.getElementById("logout").hidden = true;
@@ -165,8 +161,8 @@ function lineChart(container, name, series, { step = false, yMax = null, format 
 
 // ---------------------------------------------------------------- views
 
-async function renderList(key) {
-  const { experiments } = await api("/v1/dashboard/experiments", key);
+async function renderList() {
+  const { experiments } = await api("/v1/dashboard/experiments");
   const body = document.querySelector("#experiments tbody");
   body.replaceChildren();
   for (const e of experiments) {
@@ -184,8 +180,8 @@ async function renderList(key) {
   document.getElementById("list").hidden = false;
 }
 
-async function renderDetail(key, experiment) {
-  const results = await api(`/v1/experiments/${encodeURIComponent(experiment)}/results`, key);
+async function renderDetail(experiment) {
+  const results = await api(`/v1/experiments/${encodeURIComponent(experiment)}/results`);
   const report = results.report;
   document.getElementById("detail-title").textContent = `Experiment ${results.experiment.key}`;
   document.getElementById("detail-meta").textContent =
@@ -273,25 +269,39 @@ function renderPeriods(report) {
 }
 
 async function main() {
-  document.getElementById("login-form").addEventListener("submit", (event) => {
+  document.getElementById("login-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    saveKey(document.getElementById("key").value.trim());
-    location.reload();
+    try {
+      await signIn(document.getElementById("key").value.trim());
+      location.reload();
+    } catch (error) {
+      showLogin("That key was refused: " + error.message);
+    }
   });
-  document.getElementById("logout").addEventListener("click", () => {
-    forgetKey();
+  document.getElementById("logout").addEventListener("click", async () => {
+    await signOut();
     location.href = "/dashboard";
   });
-  const key = readKey();
-  if (!key) return showLogin();
-  document.getElementById("logout").hidden = false;
+  // A key in the fragment (never sent to the server by the browser) signs in
+  // once, then leaves the URL.
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.get("key")) {
+    history.replaceState(null, "", location.pathname + location.search);
+    try {
+      await signIn(hash.get("key"));
+    } catch (error) {
+      return showLogin("That key was refused: " + error.message);
+    }
+  }
   const experiment = new URLSearchParams(location.search).get("experiment");
   try {
-    await renderList(key);
-    if (experiment) await renderDetail(key, experiment);
+    await renderList();
+    document.getElementById("logout").hidden = false;
+    if (experiment) await renderDetail(experiment);
     else document.body.setAttribute("data-ready", "list");
   } catch (error) {
-    if (error.status === 401 || error.status === 403) return showLogin("That key was refused: " + error.message);
+    if (error.status === 401) return showLogin();
+    if (error.status === 403) return showLogin("That key was refused: " + error.message);
     const message = el("p", { class: "error" }, "Could not load: " + error.message);
     document.querySelector("main").prepend(message);
     document.body.setAttribute("data-ready", "error");

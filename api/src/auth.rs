@@ -6,10 +6,11 @@
 //! every request; a revoked key stops working within that time.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use repositories::postgres::api_keys::{self, Role, StoredKey};
 
@@ -33,14 +34,17 @@ pub struct KeyCache {
     bootstrap_digest: Option<KeyDigest>,
     /// How long a looked-up key (or its absence) is trusted without asking PostgreSQL again.
     ttl: Duration,
+    /// Whether an admin key exists (which retires the bootstrap key), and when that was asked.
+    admin_exists: Arc<RwLock<Option<(bool, Instant)>>>,
 }
 
 impl KeyCache {
     /// An empty cache trusting lookups for `ttl`; `bootstrap_admin_key`
-    /// (empty: none) is always an admin.
+    /// (empty: none) is an admin until an admin key exists in PostgreSQL.
     pub fn new(bootstrap_admin_key: &str, ttl: Duration) -> Self {
         Self {
             entries: Default::default(),
+            admin_exists: Default::default(),
             ttl,
             bootstrap_digest: (!bootstrap_admin_key.is_empty())
                 .then(|| api_keys::key_digest(bootstrap_admin_key)),
@@ -51,6 +55,28 @@ impl KeyCache {
         self.bootstrap_digest
             .as_ref()
             .is_some_and(|bootstrap| same_digest(digest, bootstrap))
+    }
+
+    /// Whether the bootstrap key has retired: an admin key is in force.
+    /// Asked once per cache lifetime; while PostgreSQL cannot answer, the
+    /// last answer stands, and with none the bootstrap key works (it is how
+    /// an operator gets in to repair things).
+    async fn bootstrap_retired(&self, pool: &sqlx::PgPool, limit: Duration) -> bool {
+        let known = self.admin_exists.read().ok().and_then(|g| *g);
+        if let Some((exists, at)) = known {
+            if at.elapsed() < self.ttl {
+                return exists;
+            }
+        }
+        match tokio::time::timeout(limit, api_keys::admin_key_exists(pool)).await {
+            Ok(Ok(exists)) => {
+                if let Ok(mut g) = self.admin_exists.write() {
+                    *g = Some((exists, Instant::now()));
+                }
+                exists
+            }
+            _ => known.is_some_and(|(exists, _)| exists),
+        }
     }
 
     /// A lookup younger than the cache lifetime.
@@ -88,6 +114,12 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The dashboard's session cookie, set by `POST /dashboard/session`.
+pub const SESSION_COOKIE: &str = "marquee_session";
+
+/// The key a request presents: a header, or for reads (GET and HEAD) the
+/// dashboard's HttpOnly session cookie. A cookie rides along on any request
+/// the browser makes to this origin, so it is never taken for a change.
 fn presented_key(parts: &Parts) -> Option<String> {
     let headers = &parts.headers;
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
@@ -101,35 +133,35 @@ fn presented_key(parts: &Parts) -> Option<String> {
             return Some(token.trim().to_owned());
         }
     }
+    if !matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return None;
+    }
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().strip_prefix("marquee_key="))
-        .map(percent_decode)
-        .next()
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
 }
 
-/// The dashboard writes the cookie with `encodeURIComponent`; keys are ASCII,
-/// so decoding `%XX` is all that is needed (no crate for eight lines).
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The `Set-Cookie` value of a dashboard session holding `key` (None: the
+/// one that ends it). HttpOnly: no script on the page can read the key;
+/// SameSite=Strict: no other site's page makes the browser send it.
+pub fn session_cookie(key: Option<&str>) -> String {
+    let mut c = cookie::Cookie::build((SESSION_COOKIE, key.unwrap_or_default().to_owned()))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict);
+    c = match key {
+        Some(_) => c.max_age(cookie::time::Duration::days(7)),
+        None => c.max_age(cookie::time::Duration::ZERO),
+    };
+    c.build().to_string()
 }
 
 /// Constant-time comparison of two key digests.
@@ -143,13 +175,29 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
     let digest = api_keys::key_digest(&key);
+    let limit = Duration::from_millis(state.config.serving_timeout_ms.max(1) * 4);
     if state.keys.is_bootstrap(&digest) {
+        if state.keys.bootstrap_retired(&state.stores.pg, limit).await {
+            tracing::warn!(
+                "the bootstrap admin key was presented, but an admin key exists: it is retired"
+            );
+            return Err(ApiError::Unauthorized);
+        }
+        state
+            .limits
+            .check_key(&digest)
+            .map_err(ApiError::RateLimited)?;
         return Ok(Caller { role: Role::Admin });
     }
     let stored = match state.keys.get(&digest) {
         Some(cached) => cached,
         None => {
-            let limit = Duration::from_millis(state.config.serving_timeout_ms.max(1) * 4);
+            if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+                state
+                    .limits
+                    .check_lookup(peer.ip())
+                    .map_err(ApiError::RateLimited)?;
+            }
             match tokio::time::timeout(limit, api_keys::find(&state.stores.pg, &key)).await {
                 Ok(Ok(found)) => {
                     state.keys.put(digest, found);
@@ -166,9 +214,14 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
             }
         }
     };
-    stored
+    let caller = stored
         .map(|k| Caller { role: k.role })
-        .ok_or(ApiError::Unauthorized)
+        .ok_or(ApiError::Unauthorized)?;
+    state
+        .limits
+        .check_key(&digest)
+        .map_err(ApiError::RateLimited)?;
+    Ok(caller)
 }
 
 macro_rules! role_extractor {
@@ -209,11 +262,47 @@ role_extractor!(
 mod tests {
     use super::*;
 
+    fn parts(method: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut request = axum::http::Request::builder().method(method).uri("/v1/x");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
     #[test]
-    fn decodes_percent_escapes_of_cookie_values() {
-        assert_eq!(percent_decode("mq_admin_ab%2Bc"), "mq_admin_ab+c");
-        assert_eq!(percent_decode("plain"), "plain");
-        assert_eq!(percent_decode("trailing%2"), "trailing%2");
+    fn the_session_cookie_is_read_for_gets_only() {
+        let cookie = [("cookie", "theme=dark; marquee_session=mq_analyst_k1")];
+        assert_eq!(
+            presented_key(&parts("GET", &cookie)).as_deref(),
+            Some("mq_analyst_k1")
+        );
+        assert_eq!(
+            presented_key(&parts("HEAD", &cookie)).as_deref(),
+            Some("mq_analyst_k1")
+        );
+        assert_eq!(presented_key(&parts("POST", &cookie)), None);
+        assert_eq!(presented_key(&parts("DELETE", &cookie)), None);
+        let header = [("x-api-key", " mq_admin_k2 "), cookie[0]];
+        assert_eq!(
+            presented_key(&parts("POST", &header)).as_deref(),
+            Some("mq_admin_k2")
+        );
+    }
+
+    #[test]
+    fn the_session_cookie_is_http_only_and_strict() {
+        let set = session_cookie(Some("mq_analyst_k1"));
+        for part in [
+            "marquee_session=mq_analyst_k1",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/",
+            "Max-Age=604800",
+        ] {
+            assert!(set.contains(part), "{set} lacks {part}");
+        }
+        assert!(session_cookie(None).contains("Max-Age=0"));
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub struct ApiConfig {
     /// Port to listen on; 0 picks a free one.
     #[arg(long, env = "MARQUEE_API_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Admin key accepted before any key exists in PostgreSQL (first start). Empty disables it.
+    /// Admin key for the first start: accepted until an admin key exists in
+    /// PostgreSQL (create one with it, then it retires). Empty disables it.
     #[arg(long, env = "MARQUEE_BOOTSTRAP_ADMIN_KEY", default_value = "")]
     pub bootstrap_admin_key: String,
     /// How long a looked-up API key (or its absence) is trusted before
@@ -23,6 +24,21 @@ pub struct ApiConfig {
     /// of one primary-key lookup per key per second per replica.
     #[arg(long, env = "MARQUEE_KEY_CACHE_TTL_MS", default_value_t = 1_000)]
     pub key_cache_ttl_ms: u64,
+    /// Requests per second one API key may make to this api process (bursts
+    /// of twice that); past it the answer is 429 with `retry-after`. 0: no
+    /// limit. A front-end usually calls with one client key for all its
+    /// users, so the default is well above what one process serves of a
+    /// real workload's mix; lower it for keys handed to third parties.
+    #[arg(long, env = "MARQUEE_RATE_LIMIT_PER_KEY", default_value_t = 5_000)]
+    pub rate_limit_per_key: u32,
+    /// Uncached API-key lookups (each a PostgreSQL query) per second from one
+    /// client address, bursts of twice that; bounds key guessing. 0: no limit.
+    #[arg(
+        long,
+        env = "MARQUEE_RATE_LIMIT_LOOKUPS_PER_ADDRESS",
+        default_value_t = 20
+    )]
+    pub rate_limit_lookups_per_address: u32,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MARQUEE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,

@@ -46,6 +46,8 @@ pub enum ApiError {
     /// The whole request took longer than the api's time limit.
     #[error("the request took longer than {0} ms")]
     TimedOut(u64),
+    #[error("too many requests {}; retry in {} s", scope_text(.0.scope), .0.retry_after_s())]
+    RateLimited(crate::rate_limit::Refused),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -129,6 +131,14 @@ impl ApiError {
             ),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Self::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", None),
+            Self::RateLimited(refused) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(match refused.scope {
+                    crate::rate_limit::Scope::Key => "x-api-key".into(),
+                    crate::rate_limit::Scope::Address => "address".into(),
+                }),
+            ),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -178,7 +188,21 @@ impl IntoResponse for ApiError {
                 field,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited(refused) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(refused.retry_after_s()),
+            );
+        }
+        response
+    }
+}
+
+fn scope_text(scope: crate::rate_limit::Scope) -> &'static str {
+    match scope {
+        crate::rate_limit::Scope::Key => "with this API key",
+        crate::rate_limit::Scope::Address => "with unknown API keys from this address",
     }
 }
 

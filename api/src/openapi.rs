@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::models;
-use crate::routes::{algorithms, experiments, keys, movies, users};
+use crate::routes::{algorithms, dashboard, experiments, keys, movies, users};
 use crate::routes::{events, health, metrics, recommendations};
 
 /// Marquee's API description, served at `/openapi.json` and browsed at `/docs`.
@@ -20,11 +20,13 @@ use crate::routes::{events, health, metrics, recommendations};
         experiments::create, experiments::get, experiments::list, experiments::start,
         experiments::stop, experiments::replace_arms, experiments::weights,
         algorithms::list, keys::create, keys::revoke,
+        dashboard::sign_in, dashboard::sign_out, dashboard::experiments,
     ),
     components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
         recommendations::Recommendations<'static>, recommendations::RecommendedItem<'static>,
         events::EventBatch, events::EventError, events::EventsAccepted, events::EventsRejected,
         models::ModelList, models::ModelVersion,
+        dashboard::ExperimentSummaries, dashboard::ExperimentSummary,
     )),
     modifiers(&ApiKeyAuth),
     tags(
@@ -34,6 +36,7 @@ use crate::routes::{events, health, metrics, recommendations};
         (name = "experiments", description = "Experiments, arms, weights and algorithms (admin role; analysts may read experiments)"),
         (name = "keys", description = "API keys (admin role)"),
         (name = "models", description = "Trained model versions and rollback (admin role)"),
+        (name = "results", description = "Experiment results and the dashboard's session (analyst role)"),
     ),
 )]
 pub struct ApiDoc;

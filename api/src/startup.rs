@@ -91,7 +91,7 @@ impl Application {
         );
         let serving = Arc::new(serving);
         background::warm(&serving, &stores.redis).await;
-        let (tasks, subscribed) = background::spawn(
+        let (mut tasks, subscribed) = background::spawn(
             serving.clone(),
             queues,
             stores.redis.clone(),
@@ -118,9 +118,17 @@ impl Application {
                 &config.bootstrap_admin_key,
                 Duration::from_millis(config.key_cache_ttl_ms),
             ),
+            limits: crate::rate_limit::RateLimits::new(
+                config.rate_limit_per_key,
+                config.rate_limit_lookups_per_address,
+            ),
             serving,
             ready: crate::routes::health::ReadyCache::default(),
         });
+        tasks.push(tokio::spawn(forget_idle_callers(
+            state.clone(),
+            background_stop.clone(),
+        )));
         let router = build_router(state.clone());
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address)
@@ -164,7 +172,10 @@ impl Application {
                 tracing::warn!(error = %e, "could not turn off Nagle on a connection");
             }
         });
-        axum::serve(listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -231,6 +242,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+/// Every 30 s, drop rate-limit state of callers idle for longer than their
+/// limit's period, so addresses seen once do not stay in memory.
+async fn forget_idle_callers(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => state.limits.retain_recent(),
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Services {
     pub prometheus: Option<PrometheusHandle>,
     /// Recently looked-up API keys.
     pub keys: KeyCache,
+    /// Per-key and per-address request limits.
+    pub limits: crate::rate_limit::RateLimits,
     /// Caches and queues of the recommendations and events routes.
     pub serving: Arc<Serving>,
     /// The last readiness answer, reused for a second.

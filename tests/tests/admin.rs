@@ -563,3 +563,63 @@ async fn keys_made_over_http_work_until_revoked() {
         "revoked key still accepted after the cache lifetime"
     );
 }
+
+/// The bootstrap admin key is for the first start: once an admin key exists
+/// it is refused (within the key-cache lifetime, 1 s), the new key works, and
+/// revoking every admin key brings the bootstrap key back for repairs.
+#[tokio::test]
+async fn the_bootstrap_key_retires_once_an_admin_key_exists() {
+    use reqwest::Method;
+    let stack = TestStack::fresh().await;
+    let api = spawn_api(&stack, |_| {}).await;
+    let (status, _) = admin(&api, Method::GET, "/v1/experiments", None).await;
+    assert_eq!(status, 200);
+    let (status, created) = admin(
+        &api,
+        Method::POST,
+        "/v1/keys",
+        Some(json!({"role": "admin", "name": "ops"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let bootstrap = api.admin_key.clone();
+    let retired = eventually(Duration::from_secs(2), || {
+        let (api, bootstrap) = (&api, bootstrap.clone());
+        async move {
+            call(api, Method::GET, "/v1/experiments", Some(&bootstrap), None)
+                .await
+                .0
+                == 401
+        }
+    })
+    .await;
+    assert!(retired, "the bootstrap key still works beside an admin key");
+    let (status, _) = call(&api, Method::GET, "/v1/experiments", Some(&key), None).await;
+    assert_eq!(status, 200);
+
+    let (status, _) = call(
+        &api,
+        Method::DELETE,
+        &format!("/v1/keys/{id}"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let back = eventually(Duration::from_secs(2), || {
+        let (api, bootstrap) = (&api, bootstrap.clone());
+        async move {
+            call(api, Method::GET, "/v1/experiments", Some(&bootstrap), None)
+                .await
+                .0
+                == 200
+        }
+    })
+    .await;
+    assert!(
+        back,
+        "with no admin key left, the bootstrap key must work again"
+    );
+}

@@ -26,6 +26,53 @@ async fn dashboard_renders_the_arms_table_and_charts_and_warns_on_srm() {
     );
     assert_eq!(page.headers()["x-frame-options"], "DENY");
 
+    // Sign-in: the key becomes an HttpOnly, SameSite=Strict cookie that
+    // reads accept and changes do not (a cookie rides along on any request).
+    let signed_in = api
+        .client
+        .post(api.url("/dashboard/session"))
+        .header("x-api-key", &api.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 204);
+    let set_cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for part in ["marquee_session=", "HttpOnly", "SameSite=Strict"] {
+        assert!(set_cookie.contains(part), "{set_cookie}");
+    }
+    let session = set_cookie.split(';').next().unwrap().to_owned();
+    let read = api
+        .client
+        .get(api.url("/v1/dashboard/experiments"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    let change = api
+        .client
+        .post(api.url("/v1/experiments/home/stop"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        change.status().as_u16(),
+        401,
+        "a cookie must not stop an experiment"
+    );
+    let refused = api
+        .client
+        .post(api.url("/dashboard/session"))
+        .header("x-api-key", "mq_admin_not_a_key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+
     let dom = browse(
         &api,
         "/dashboard?experiment=home",

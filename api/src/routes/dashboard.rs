@@ -18,7 +18,7 @@ const PAGE: &str = include_str!("../../assets/dashboard.html");
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
 const STYLE: &str = include_str!("../../assets/dashboard.css");
 
-/// The dashboard page; it signs in with a key kept in a cookie and reads the JSON API.
+/// The dashboard page; it signs in once (an HttpOnly session cookie) and reads the JSON API.
 /// The page loads its own script and style and talks to this origin only; it
 /// may not be framed (clickjacking of its admin actions).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -34,6 +34,41 @@ pub async fn page() -> impl IntoResponse {
             (header::REFERRER_POLICY, "no-referrer"),
         ],
         Html(PAGE),
+    )
+}
+
+/// Sign in to the dashboard: the key, presented in `x-api-key`, becomes an
+/// HttpOnly session cookie that the page's reads then carry.
+#[utoipa::path(post, path = "/dashboard/session", tag = "results",
+    responses(
+        (status = 204, description = "Signed in; `Set-Cookie` holds the session"),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn sign_in(_: AnalystAccess, parts: axum::http::request::Parts) -> impl IntoResponse {
+    // The extractor checked the key; the same header holds it.
+    let key = parts
+        .headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or_default();
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, crate::auth::session_cookie(Some(key)))],
+    )
+}
+
+/// Sign out: the session cookie is cleared.
+#[utoipa::path(delete, path = "/dashboard/session", tag = "results",
+    responses((status = 204, description = "Signed out"))
+)]
+pub async fn sign_out() -> impl IntoResponse {
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, crate::auth::session_cookie(None))],
     )
 }
 

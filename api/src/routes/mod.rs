@@ -58,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route("/v1/dashboard/experiments", get(dashboard::experiments))
         .route("/dashboard", get(dashboard::page))
+        .route(
+            "/dashboard/session",
+            post(dashboard::sign_in).delete(dashboard::sign_out),
+        )
         .route("/dashboard/assets/dashboard.js", get(dashboard::script))
         .route("/dashboard/assets/dashboard.css", get(dashboard::style))
         .fallback(unknown_route)

@@ -91,6 +91,16 @@ pub async fn find(pool: &PgPool, key: &str) -> RepoResult<Option<StoredKey>> {
     .transpose()
 }
 
+/// Whether any admin key is in force: the bootstrap admin key retires once one is.
+pub async fn admin_key_exists(pool: &PgPool) -> RepoResult<bool> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(exists)
+}
+
 /// Revoke a key by id; revoked keys stop working within the api's key-cache lifetime.
 pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<()> {
     let done =
