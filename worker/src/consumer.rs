@@ -50,18 +50,21 @@ pub struct Msg {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
+    /// The record's value, decoded (the api's packs are LZ4 frames, marked by
+    /// a `content-encoding` header); as received if it could not be decoded.
     pub payload: Option<Vec<u8>>,
-    /// The record's `content-encoding` header: the api's packs are LZ4 frames.
-    pub encoding: Option<Vec<u8>>,
+    /// Why the value could not be decoded: the record becomes a dead letter.
+    pub undecodable: Option<String>,
 }
 
 /// While a batch waits for impressions, the pause in the stream after which
 /// what arrived is checked for them.
 const QUIET: Duration = Duration::from_millis(5);
 
-/// Payload bytes at which a batch is closed before it reaches its size in
-/// messages: a record may pack hundreds of impressions, so a count of records
-/// alone does not bound the batch's memory.
+/// Decoded payload bytes at which a batch is closed before it reaches its
+/// size in messages: a record may pack hundreds of impressions, so a count of
+/// records alone does not bound the batch's memory, and an LZ4 record may
+/// decode to many times its size, so neither do the bytes fetched.
 const MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// Default events per ledger batch and ClickHouse insert. An insert is atomic only
@@ -77,13 +80,24 @@ impl Msg {
         self.payload.as_ref().map_or(0, Vec::len)
     }
 
+    /// Detach `m`, decoding its value here, so that the batch's byte bound
+    /// counts what the batch will hold in memory.
     fn from_kafka<M: Message>(m: &M) -> Self {
+        let raw = m.payload();
+        let (payload, undecodable) = match encoding::decode(
+            encoding::content_encoding(m.headers()),
+            raw.unwrap_or_default(),
+        ) {
+            Ok(std::borrow::Cow::Owned(plain)) => (Some(plain), None),
+            Ok(std::borrow::Cow::Borrowed(_)) => (raw.map(<[u8]>::to_vec), None),
+            Err(e) => (raw.map(<[u8]>::to_vec), Some(e.to_string())),
+        };
         Self {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            encoding: encoding::content_encoding(m.headers()).map(<[u8]>::to_vec),
+            payload,
+            undecodable,
         }
     }
 }
@@ -780,25 +794,25 @@ impl Pipeline {
         } = parsed;
         let now = Utc::now();
         for m in messages {
-            let payload = m.payload.as_deref().unwrap_or_default();
-            let plain = match encoding::decode(m.encoding.as_deref(), payload) {
-                Ok(plain) => plain,
-                Err(e) => {
+            let plain = m.payload.as_deref().unwrap_or_default();
+            match &m.undecodable {
+                None => {}
+                Some(e) => {
                     letters.push(DeadLetter::new(
-                        e.to_string(),
+                        e.clone(),
                         "content-encoding".to_owned(),
                         &self.settings.topic,
                         m.partition,
                         m.offset,
                         m.key.clone(),
-                        payload,
+                        plain,
                     ));
                     ends.push((events.len(), letters.len()));
                     continue;
                 }
-            };
+            }
             // A record holds one event or, from the api, a partition's packed impressions.
-            for item in events_from_record(&plain, now, self.rules) {
+            for item in events_from_record(plain, now, self.rules) {
                 match item {
                     Ok(event) => events.push(StoredEvent::new(event)),
                     Err(rejected) => letters.push(DeadLetter::new(
