@@ -267,4 +267,44 @@ mod tests {
         assert!(bomb.len() < 100_000);
         assert_eq!(decode(Some(b"lz4"), &bomb), Err(DecodeError::TooLarge));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Random bytes under an lz4 header: an error or a value within
+            /// the limit, never a panic.
+            #[test]
+            fn random_bytes_decode_to_an_error_or_a_bounded_value(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2_000)
+            ) {
+                match decode(Some(b"lz4"), &bytes) {
+                    Ok(plain) => prop_assert!(plain.len() <= MAX_DECODED_BYTES),
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+
+            /// A real frame with bytes flipped or cut: the corruption is an
+            /// error (or, where the checksum-free body absorbs it, a value),
+            /// never a panic.
+            #[test]
+            fn a_damaged_frame_never_panics(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let (mut frame, _) = RecordEncoder::new(RecordEncoding::Lz4).encode(pack(20));
+                for (at, byte) in flips {
+                    let i = at.index(frame.len());
+                    frame[i] ^= byte | 1;
+                }
+                frame.truncate(cut.index(frame.len() + 1));
+                if let Ok(plain) = decode(Some(b"lz4"), &frame) {
+                    prop_assert!(plain.len() <= MAX_DECODED_BYTES);
+                }
+            }
+        }
+    }
 }
