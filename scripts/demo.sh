@@ -133,8 +133,10 @@ for c in r["comparisons"]:
     lift = (c.get("cohort") or {}).get("combined") or {}
     if lift.get("estimate") is not None:
         ci = lift.get("ci") or {}
-        print("  %s vs %s: %+.2f pp (95%% CI %+.2f to %+.2f pp), p = %.3g" % (
-            c["arm"], c["control"], 100 * lift["estimate"], 100 * ci.get("low", 0), 100 * ci.get("high", 0), lift.get("p_value") or 1))
+        p = lift.get("p_value")
+        print("  %s vs %s: %+.2f pp (95%% CI %+.2f to %+.2f pp), p = %s" % (
+            c["arm"], c["control"], 100 * lift["estimate"], 100 * ci.get("low", 0), 100 * ci.get("high", 0),
+            "-" if p is None else "%.3g" % p))
 '
 echo "weights at start: $weights_start"
 echo "weights at end:   $weights_end"
