@@ -31,7 +31,7 @@ if [ ! -x /usr/bin/time ]; then
 fi
 
 echo "[bench] building the release worker"
-cargo build --release --locked -p marquee-worker --bin worker >/dev/null 2>&1 || cargo build --release -p marquee-worker --bin worker
+cargo build --release --locked -p marquee-api -p marquee-worker >/dev/null 2>&1 || cargo build --release --locked -p marquee-api -p marquee-worker
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/worker"
 
 base_db="${MARQUEE_DATABASE_URL%/*}"

@@ -31,7 +31,9 @@ if ! psql -qAt "$MARQUEE_DATABASE_URL" -c "SELECT 1 FROM pg_database WHERE datna
   psql -q "$MARQUEE_DATABASE_URL" -c "CREATE DATABASE $DB" >/dev/null
 fi
 export MARQUEE_DATABASE_URL="${MARQUEE_DATABASE_URL%/*}/$DB"
-cargo build --release --locked -p marquee-api >/dev/null 2>&1
+# api and worker together, as scripts/demo.sh builds them: the same feature set, so the
+# demo's release build is reused instead of rebuilding dependencies for the api alone.
+cargo build --release --locked -p marquee-api -p marquee-worker >/dev/null 2>&1
 target/release/api migrate >/dev/null
 
 ch() { curl -fsS "$MARQUEE_CLICKHOUSE_URL/?database=$DB" --data-binary "$1"; }
