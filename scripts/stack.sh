@@ -45,7 +45,7 @@ GARAGE_BIN="$TOOLS_DIR/garage-$GARAGE_VERSION/bin/garage"
 PG_BIN="/usr/lib/postgresql/15/bin"
 # Measured on a fresh 2-core machine (see README, "First run"); printed so the
 # wait has an end in sight.
-declare -A TOOL_BUILD_ESTIMATE=([tansu]="about 9 min" [s3s-fs]="about 3 min" [garage]="about 15 min")
+declare -A TOOL_BUILD_ESTIMATE=([tansu]="about 10 min alone, 26 min beside another build," [s3s-fs]="about 4 min" [garage]="about 20 min")
 
 # Elapsed time on every line: a first run spends minutes in tool builds, and a
 # newcomer should see which step it is in and that it moves.
