@@ -66,6 +66,12 @@ pub struct ApiConfig {
     /// Seconds between reloads of the in-process catalog and experiments.
     #[arg(long, env = "MARQUEE_CATALOG_REFRESH_S", default_value_t = 30)]
     pub catalog_refresh_s: u64,
+    /// Requests served at once; past it a request gets 503 (`overloaded`,
+    /// `retry-after: 1`) at once instead of queueing behind the others, so
+    /// an overload sheds load rather than growing every request's latency.
+    /// Health and metrics routes are not counted. 0: no cap.
+    #[arg(long, env = "MARQUEE_MAX_CONCURRENT_REQUESTS", default_value_t = 2_048)]
+    pub max_concurrent_requests: usize,
     /// Time limit of a whole request, in milliseconds.
     #[arg(long, env = "MARQUEE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,

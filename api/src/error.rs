@@ -46,6 +46,8 @@ pub enum ApiError {
     /// The whole request took longer than the api's time limit.
     #[error("the request took longer than {0} ms")]
     TimedOut(u64),
+    #[error("the api is serving as many requests as it may at once; retry in 1 s")]
+    Overloaded,
     #[error("too many requests {}; retry in {} s", scope_text(.0.scope), .0.retry_after_s())]
     RateLimited(crate::rate_limit::Refused),
     #[error("internal error")]
@@ -131,6 +133,7 @@ impl ApiError {
             ),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Self::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", None),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", None),
             Self::RateLimited(refused) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -189,10 +192,15 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::RateLimited(refused) = &self {
+        let retry_after = match &self {
+            Self::RateLimited(refused) => Some(refused.retry_after_s()),
+            Self::Overloaded => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(refused.retry_after_s()),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response

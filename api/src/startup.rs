@@ -274,8 +274,38 @@ async fn time_limit(
     }
 }
 
+/// At most this many requests at once (health and metrics aside); the rest
+/// are refused with 503 at once.
+async fn concurrency_cap(
+    axum::extract::State(slots): axum::extract::State<Option<Arc<tokio::sync::Semaphore>>>,
+    request: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    let exempt = path.starts_with("/health/") || path == "/metrics";
+    let permit = match &slots {
+        Some(slots) if !exempt => match slots.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                metrics::counter!("marquee_http_overloaded_total").increment(1);
+                return crate::error::ApiError::Overloaded.into_response();
+            }
+        },
+        _ => None,
+    };
+    let response = next.run(request).await;
+    drop(permit);
+    response
+}
+
 /// Routes plus the layers every request goes through.
 pub fn build_router(state: AppState) -> Router {
+    let slots = (state.config.max_concurrent_requests > 0).then(|| {
+        Arc::new(tokio::sync::Semaphore::new(
+            state.config.max_concurrent_requests,
+        ))
+    });
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     let max_body = state.config.max_body_bytes;
     let routes = routes::router(state)
@@ -298,8 +328,74 @@ pub fn build_router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
             }),
         )
+        .layer(middleware::from_fn_with_state(slots, concurrency_cap))
         .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .service(routes);
     Router::new().fallback_service(around_routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use axum::{middleware, Router};
+    use tower::ServiceExt;
+
+    fn capped(slots: usize) -> Router {
+        let slots = Some(Arc::new(tokio::sync::Semaphore::new(slots)));
+        Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }),
+            )
+            .route("/health/live", get(|| async { "ok" }))
+            .layer(middleware::from_fn_with_state(
+                slots,
+                super::concurrency_cap,
+            ))
+    }
+
+    fn get_request(path: &str) -> Request<Body> {
+        Request::builder().uri(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_cap_is_refused_at_once_and_health_is_not_counted() {
+        let app = capped(1);
+        let first = tokio::spawn(app.clone().oneshot(get_request("/slow")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let refused = app.clone().oneshot(get_request("/slow")).await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "refused without waiting"
+        );
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(refused.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "overloaded");
+        let health = app
+            .clone()
+            .oneshot(get_request("/health/live"))
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
+        // The slot is free again.
+        assert_eq!(
+            app.oneshot(get_request("/slow")).await.unwrap().status(),
+            200
+        );
+    }
 }
