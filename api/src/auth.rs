@@ -57,6 +57,30 @@ impl KeyCache {
             .is_some_and(|bootstrap| same_digest(digest, bootstrap))
     }
 
+    /// Refuse the key whose stored hash (hex) is `hash` from now on, here:
+    /// a revocation heard on `keys:revoked`. Unlike an expired lookup, it is
+    /// not trusted while PostgreSQL is down either.
+    pub fn revoke_hash(&self, hash: &str) {
+        let mut digest = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut digest).is_ok() {
+            self.put(digest, None);
+        }
+    }
+
+    /// Treat every cached lookup as expired: a revocation may have been
+    /// missed while the subscription was down. Kept, not dropped, so a key
+    /// seen valid still works while PostgreSQL cannot answer.
+    pub fn expire_all(&self) {
+        let Some(long_ago) = Instant::now().checked_sub(self.ttl) else {
+            return;
+        };
+        if let Ok(mut entries) = self.entries.write() {
+            for (_, at) in entries.values_mut() {
+                *at = (*at).min(long_ago);
+            }
+        }
+    }
+
     /// Whether the bootstrap key has retired: an admin key is in force.
     /// Asked once per cache lifetime; while PostgreSQL cannot answer, the
     /// last answer stands, and with none the bootstrap key works (it is how

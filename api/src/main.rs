@@ -95,10 +95,23 @@ async fn main() -> anyhow::Result<()> {
                     println!("{key}");
                 }
                 KeysCommand::Revoke { id } => {
-                    api_keys::revoke(&pool, id)
+                    let hash = api_keys::revoke(&pool, id)
                         .await
                         .with_context(|| format!("revoking key {id}"))?;
                     println!("revoked key {id}");
+                    // Running replicas refuse it at once when they hear this;
+                    // without Redis, within their key-cache lifetime.
+                    let told = match repositories::redis::RedisStore::new(&cli.config.stack.redis())
+                    {
+                        Ok(redis) => redis
+                            .publish_key_revoked(&hash)
+                            .await
+                            .map_err(anyhow::Error::from),
+                        Err(e) => Err(anyhow::Error::from(e)),
+                    };
+                    if let Err(e) = told {
+                        eprintln!("could not tell running api replicas ({e}); they refuse the key within MARQUEE_KEY_CACHE_TTL_MS");
+                    }
                 }
             }
             Ok(())

@@ -91,8 +91,13 @@ impl Application {
         );
         let serving = Arc::new(serving);
         background::warm(&serving, &stores.redis).await;
+        let keys = crate::auth::KeyCache::new(
+            &config.bootstrap_admin_key,
+            Duration::from_millis(config.key_cache_ttl_ms),
+        );
         let (mut tasks, subscribed) = background::spawn(
             serving.clone(),
+            keys.clone(),
             queues,
             stores.redis.clone(),
             RefreshIntervals {
@@ -114,10 +119,7 @@ impl Application {
             config: Arc::new(config.clone()),
             stores: Arc::new(stores),
             prometheus,
-            keys: crate::auth::KeyCache::new(
-                &config.bootstrap_admin_key,
-                Duration::from_millis(config.key_cache_ttl_ms),
-            ),
+            keys,
             limits: crate::rate_limit::RateLimits::new(
                 config.rate_limit_per_key,
                 config.rate_limit_lookups_per_address,

@@ -56,6 +56,13 @@ impl Keys {
         format!("{}lists:changed", self.namespace)
     }
 
+    /// Pub/sub channel that tells api replicas a key was revoked (the
+    /// message is the key's stored hash), so they refuse it at once rather
+    /// than when their cached lookup expires.
+    pub fn keys_channel(&self) -> String {
+        format!("{}keys:revoked", self.namespace)
+    }
+
     /// Fast-path marker that an event was already processed.
     pub fn dedup(&self, event_id: &str) -> String {
         format!("{}dedup:{event_id}", self.namespace)
@@ -260,6 +267,18 @@ impl RedisStore {
             algorithm,
         )
         .await
+    }
+
+    /// Tell every api replica that the key with this stored hash is revoked.
+    pub async fn publish_key_revoked(&self, hash: &str) -> RepoResult<()> {
+        let mut conn = self.conn().await?;
+        let channel = self.keys.keys_channel();
+        let mut cmd = deadpool_redis::redis::cmd("PUBLISH");
+        cmd.arg(&channel).arg(hash);
+        let fut = cmd.query_async::<i64>(&mut conn);
+        crate::error::with_timeout("redis publish revoked key", self.timeout, fut)
+            .await
+            .map(|_| ())
     }
 
     /// SET `key` and PUBLISH `message` on `channel` in one MULTI, so a

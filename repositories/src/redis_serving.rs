@@ -102,10 +102,11 @@ impl RedisStore {
             with_timeout("redis subscribe", self.timeout(), client.get_async_pubsub()).await?;
         let weights = self.keys.weights_channel();
         let lists = self.keys.lists_channel();
+        let revoked = self.keys.keys_channel();
         with_timeout(
             "redis subscribe",
             self.timeout(),
-            pubsub.subscribe(&[&weights, &lists]),
+            pubsub.subscribe(&[&weights, &lists, &revoked]),
         )
         .await?;
         Ok(pubsub.into_on_message().filter_map(move |msg| {
@@ -115,6 +116,7 @@ impl RedisStore {
                     .and_then(|name| match msg.get_channel_name() {
                         channel if channel == weights => Some(ServingChange::Weights(name)),
                         channel if channel == lists => Some(ServingChange::Lists(name)),
+                        channel if channel == revoked => Some(ServingChange::KeyRevoked(name)),
                         _ => None,
                     });
             async move { change }
@@ -129,4 +131,6 @@ pub enum ServingChange {
     Weights(String),
     /// An algorithm's precomputed lists were rewritten: drop cached ones.
     Lists(String),
+    /// An API key was revoked (its stored hash, hex): refuse it at once.
+    KeyRevoked(String),
 }

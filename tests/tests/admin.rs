@@ -623,3 +623,49 @@ async fn the_bootstrap_key_retires_once_an_admin_key_exists() {
         "with no admin key left, the bootstrap key must work again"
     );
 }
+
+/// A revocation reaches every api replica at once through Redis pub/sub
+/// (`keys:revoked`), not when each one's cached lookup expires: here the
+/// replicas trust a lookup for a minute, and the key is revoked through the
+/// other one.
+#[tokio::test]
+async fn a_key_revoked_on_one_replica_is_refused_by_another_at_once() {
+    use reqwest::Method;
+    let stack = TestStack::fresh().await;
+    let a = spawn_api(&stack, |c| c.key_cache_ttl_ms = 60_000).await;
+    let b = spawn_api(&stack, |c| c.key_cache_ttl_ms = 60_000).await;
+    let (status, created) = admin(
+        &a,
+        Method::POST,
+        "/v1/keys",
+        Some(json!({"role": "analyst", "name": "leaving"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Replica b has looked the key up, and would trust that for a minute.
+    let (status, _) = call(&b, Method::GET, "/v1/experiments", Some(&key), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = admin(&a, Method::DELETE, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(&a, Method::GET, "/v1/experiments", Some(&key), None).await;
+    assert_eq!(
+        status, 401,
+        "the replica that revoked it must refuse it at once"
+    );
+    let refused = eventually(Duration::from_secs(1), || {
+        let (b, key) = (&b, key.clone());
+        async move {
+            call(b, Method::GET, "/v1/experiments", Some(&key), None)
+                .await
+                .0
+                == 401
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "replica b still accepted the revoked key after 1 s"
+    );
+}

@@ -102,7 +102,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    with_timeout(
+    let hash = with_timeout(
         "postgres revoke key",
         state.stores.settings.timeout(),
         api_keys::revoke(&state.stores.pg, id),
@@ -112,5 +112,11 @@ pub async fn revoke(
         repositories::RepoError::NotFound(what) => ApiError::not_found("id", what),
         e => e.into(),
     })?;
+    // This replica refuses the key now; the others when they hear of it, or
+    // at worst when their cached lookup expires (Redis down).
+    state.keys.revoke_hash(&hash);
+    if let Err(e) = state.stores.redis.publish_key_revoked(&hash).await {
+        tracing::warn!(error = %e, "could not tell the other replicas of a revoked key; they refuse it within the key-cache lifetime");
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -52,6 +52,7 @@ pub async fn warm(serving: &Serving, redis: &RedisStore) {
 /// drops, or that a message missed before it should have dropped.
 pub fn spawn(
     serving: Arc<Serving>,
+    keys: crate::auth::KeyCache,
     queues: ServingQueues,
     redis: RedisStore,
     intervals: RefreshIntervals,
@@ -72,6 +73,7 @@ pub fn spawn(
         )),
         tokio::spawn(changes_subscriber(
             serving.clone(),
+            keys,
             redis,
             first_attempt,
             shutdown.clone(),
@@ -190,6 +192,7 @@ async fn hot_loop(
 /// on every (re)subscription so a message missed while down is not lost.
 async fn changes_subscriber(
     serving: Arc<Serving>,
+    keys: crate::auth::KeyCache,
     redis: RedisStore,
     first_attempt: oneshot::Sender<()>,
     shutdown: CancellationToken,
@@ -201,6 +204,7 @@ async fn changes_subscriber(
         if subscribed.is_ok() {
             refresh_experiments(&serving).await;
             serving.forget_lists(None);
+            keys.expire_all();
         }
         if let Some(done) = first_attempt.take() {
             let _ = done.send(());
@@ -220,6 +224,10 @@ async fn changes_subscriber(
                             Some(ServingChange::Lists(algorithm)) => {
                                 tracing::info!(%algorithm, "lists rewritten; dropping the remembered ones");
                                 serving.forget_lists(Some(&algorithm));
+                            }
+                            Some(ServingChange::KeyRevoked(hash)) => {
+                                tracing::info!("an api key was revoked; refusing it here");
+                                keys.revoke_hash(&hash);
                             }
                             None => break,
                         },

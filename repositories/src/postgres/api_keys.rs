@@ -101,15 +101,14 @@ pub async fn admin_key_exists(pool: &PgPool) -> RepoResult<bool> {
     Ok(exists)
 }
 
-/// Revoke a key by id; revoked keys stop working within the api's key-cache lifetime.
-pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<()> {
-    let done =
-        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .execute(pool)
-            .await?;
-    if done.rows_affected() == 0 {
-        return Err(RepoError::NotFound(format!("api key {id}")));
-    }
-    Ok(())
+/// Revoke a key by id, returning its stored hash (what the api replicas are
+/// told, so they refuse it at once).
+pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<String> {
+    let hash: Option<String> = sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING hash",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    hash.ok_or_else(|| RepoError::NotFound(format!("api key {id}")))
 }
