@@ -144,7 +144,7 @@ pub const SESSION_COOKIE: &str = "marquee_session";
 /// The key a request presents: a header, or for reads (GET and HEAD) the
 /// dashboard's HttpOnly session cookie. A cookie rides along on any request
 /// the browser makes to this origin, so it is never taken for a change.
-fn presented_key(parts: &Parts) -> Option<String> {
+pub(crate) fn presented_key(parts: &Parts) -> Option<String> {
     let headers = &parts.headers;
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_owned());

@@ -64,6 +64,20 @@ async fn dashboard_renders_the_arms_table_and_charts_and_warns_on_srm() {
         401,
         "a cookie must not stop an experiment"
     );
+    // Signing in with `Authorization: Bearer` keeps that key, too.
+    let bearer = api
+        .client
+        .post(api.url("/dashboard/session"))
+        .bearer_auth(&api.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 204);
+    let bearer_cookie = bearer.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        bearer_cookie.starts_with(&format!("marquee_session={};", api.admin_key)),
+        "{bearer_cookie}"
+    );
     let refused = api
         .client
         .post(api.url("/dashboard/session"))

@@ -48,16 +48,12 @@ pub async fn page() -> impl IntoResponse {
     security(("api_key" = []))
 )]
 pub async fn sign_in(_: AnalystAccess, parts: axum::http::request::Parts) -> impl IntoResponse {
-    // The extractor checked the key; the same header holds it.
-    let key = parts
-        .headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .unwrap_or_default();
+    // The extractor checked this very key (`x-api-key` or `Authorization:
+    // Bearer`; never the cookie, which a POST does not present).
+    let key = crate::auth::presented_key(&parts).unwrap_or_default();
     (
         axum::http::StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, crate::auth::session_cookie(Some(key)))],
+        [(header::SET_COOKIE, crate::auth::session_cookie(Some(&key)))],
     )
 }
 
