@@ -48,7 +48,7 @@ pub enum ApiError {
     TimedOut(u64),
     #[error("the api is serving as many requests as it may at once; retry in 1 s")]
     Overloaded,
-    #[error("too many requests {}; retry in {} s", scope_text(.0.scope), .0.retry_after_s())]
+    #[error("too many requests {}; retry in {} s", .0.scope.describe(), .0.retry_after_s())]
     RateLimited(crate::rate_limit::Refused),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -137,10 +137,7 @@ impl ApiError {
             Self::RateLimited(refused) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                Some(match refused.scope {
-                    crate::rate_limit::Scope::Key => "x-api-key".into(),
-                    crate::rate_limit::Scope::Address => "address".into(),
-                }),
+                Some(refused.scope.field().into()),
             ),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
@@ -204,13 +201,6 @@ impl IntoResponse for ApiError {
             );
         }
         response
-    }
-}
-
-fn scope_text(scope: crate::rate_limit::Scope) -> &'static str {
-    match scope {
-        crate::rate_limit::Scope::Key => "with this API key",
-        crate::rate_limit::Scope::Address => "with unknown API keys from this address",
     }
 }
 

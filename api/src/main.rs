@@ -101,15 +101,12 @@ async fn main() -> anyhow::Result<()> {
                     println!("revoked key {id}");
                     // Running replicas refuse it at once when they hear this;
                     // without Redis, within their key-cache lifetime.
-                    let told = match repositories::redis::RedisStore::new(&cli.config.stack.redis())
-                    {
-                        Ok(redis) => redis
+                    let told = async {
+                        repositories::redis::RedisStore::new(&cli.config.stack.redis())?
                             .publish_key_revoked(&hash)
                             .await
-                            .map_err(anyhow::Error::from),
-                        Err(e) => Err(anyhow::Error::from(e)),
                     };
-                    if let Err(e) = told {
+                    if let Err(e) = told.await {
                         eprintln!("could not tell running api replicas ({e}); they refuse the key within MARQUEE_KEY_CACHE_TTL_MS");
                     }
                 }

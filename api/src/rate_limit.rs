@@ -35,6 +35,22 @@ impl Scope {
             Scope::Address => "address",
         }
     }
+
+    /// The field a 429's error body names: what the caller should change.
+    pub fn field(self) -> &'static str {
+        match self {
+            Scope::Key => "x-api-key",
+            Scope::Address => "address",
+        }
+    }
+
+    /// Whose requests were too many, for the error message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scope::Key => "with this API key",
+            Scope::Address => "with unknown API keys from this address",
+        }
+    }
 }
 
 /// The api's two keyed limiters; either may be off.
@@ -68,37 +84,41 @@ impl RateLimits {
         Refused { scope, wait }
     }
 
-    /// One request by the key with this digest.
-    pub fn check_key(&self, digest: &KeyDigest) -> Result<(), Refused> {
-        match &self.per_key {
+    fn check<K: Clone + Eq + std::hash::Hash>(
+        &self,
+        limiter: Option<&DefaultKeyedRateLimiter<K>>,
+        key: &K,
+        scope: Scope,
+    ) -> Result<(), Refused> {
+        match limiter {
             Some(limiter) => limiter
-                .check_key(digest)
-                .map_err(|until| self.refused(Scope::Key, until.wait_time_from(self.clock.now()))),
+                .check_key(key)
+                .map_err(|until| self.refused(scope, until.wait_time_from(self.clock.now()))),
             None => Ok(()),
         }
     }
 
+    /// One request by the key with this digest.
+    pub fn check_key(&self, digest: &KeyDigest) -> Result<(), Refused> {
+        self.check(self.per_key.as_ref(), digest, Scope::Key)
+    }
+
     /// One key lookup in PostgreSQL for a request from `address`.
     pub fn check_lookup(&self, address: IpAddr) -> Result<(), Refused> {
-        match &self.per_address {
-            Some(limiter) => limiter.check_key(&address).map_err(|until| {
-                self.refused(Scope::Address, until.wait_time_from(self.clock.now()))
-            }),
-            None => Ok(()),
-        }
+        self.check(self.per_address.as_ref(), &address, Scope::Address)
     }
 
     /// Forget callers idle for longer than their limit's period, so the maps
     /// hold recent callers only (called periodically by the api).
     pub fn retain_recent(&self) {
-        if let Some(l) = &self.per_key {
-            l.retain_recent();
-            l.shrink_to_fit();
+        fn retain<K: Clone + Eq + std::hash::Hash>(l: Option<&DefaultKeyedRateLimiter<K>>) {
+            if let Some(l) = l {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
         }
-        if let Some(l) = &self.per_address {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
+        retain(self.per_key.as_ref());
+        retain(self.per_address.as_ref());
     }
 }
 
