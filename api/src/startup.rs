@@ -286,7 +286,8 @@ async fn concurrency_cap(
     use axum::response::IntoResponse;
     let path = request.uri().path();
     let exempt = path.starts_with("/health/") || path == "/metrics";
-    let permit = match &slots {
+    // Held until the response is built, then the slot is free again.
+    let _permit = match &slots {
         Some(slots) if !exempt => match slots.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) => {
@@ -296,9 +297,7 @@ async fn concurrency_cap(
         },
         _ => None,
     };
-    let response = next.run(request).await;
-    drop(permit);
-    response
+    next.run(request).await
 }
 
 /// Routes plus the layers every request goes through.

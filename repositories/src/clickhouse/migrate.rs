@@ -77,16 +77,6 @@ struct Applied {
     version: u32,
 }
 
-#[derive(Debug, serde::Deserialize, ::clickhouse::Row)]
-struct Count {
-    n: u64,
-}
-
-#[derive(Debug, serde::Deserialize, ::clickhouse::Row)]
-struct Seconds {
-    s: u32,
-}
-
 /// The table of a backfill statement (`INSERT INTO <table> ...`, in a
 /// migration split at the cutoff).
 fn backfill_table(statement: &str) -> Option<&str> {
@@ -98,12 +88,11 @@ fn backfill_table(statement: &str) -> Option<&str> {
 
 impl Analytics {
     async fn server_now(&self) -> RepoResult<u32> {
-        let row = self
+        Ok(self
             .client
-            .query("SELECT toUInt32(now()) AS s")
-            .fetch_one::<Seconds>()
-            .await?;
-        Ok(row.s)
+            .query("SELECT toUInt32(now())")
+            .fetch_one::<u32>()
+            .await?)
     }
 
     /// The cutoff of `version`, chosen once and kept in `migration_cutoffs`
@@ -113,19 +102,18 @@ impl Analytics {
     async fn cutoff(&self, version: u32) -> RepoResult<u32> {
         let stored = self
             .client
-            .query("SELECT cutoff AS s FROM migration_cutoffs WHERE version = ?")
+            .query("SELECT cutoff FROM migration_cutoffs WHERE version = ?")
             .bind(version)
-            .fetch_all::<Seconds>()
+            .fetch_all::<u32>()
             .await?;
-        if let Some(row) = stored.first() {
-            return Ok(row.s);
+        if let Some(&cutoff) = stored.first() {
+            return Ok(cutoff);
         }
         let events = self
             .client
-            .query("SELECT count() AS n FROM events")
-            .fetch_one::<Count>()
-            .await?
-            .n;
+            .query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await?;
         let cutoff = if events == 0 {
             0
         } else {
@@ -153,12 +141,12 @@ impl Analytics {
         let done = self
             .client
             .query(&format!(
-                "SELECT count() AS n FROM {table} WHERE experiment_key = '' AND user_id = ?"
+                "SELECT count() FROM {table} WHERE experiment_key = '' AND user_id = ?"
             ))
             .bind(format!("backfill:{version:04}"))
-            .fetch_one::<Count>()
+            .fetch_one::<u64>()
             .await?;
-        if done.n > 0 {
+        if done > 0 {
             return Ok(());
         }
         if cutoff > 0 {
