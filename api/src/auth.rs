@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use repositories::postgres::api_keys::{self, Role, StoredKey};
+use repositories::postgres::api_keys::{self, ApiKeys, Role, StoredKey};
+use repositories::RepoError;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -85,15 +86,15 @@ impl KeyCache {
     /// Asked once per cache lifetime; while PostgreSQL cannot answer, the
     /// last answer stands, and with none the bootstrap key works (it is how
     /// an operator gets in to repair things).
-    async fn bootstrap_retired(&self, pool: &sqlx::PgPool, limit: Duration) -> bool {
+    async fn bootstrap_retired(&self, keys: &ApiKeys) -> bool {
         let known = self.admin_exists.read().ok().and_then(|g| *g);
         if let Some((exists, at)) = known {
             if at.elapsed() < self.ttl {
                 return exists;
             }
         }
-        match tokio::time::timeout(limit, api_keys::admin_key_exists(pool)).await {
-            Ok(Ok(exists)) => {
+        match keys.admin_key_exists().await {
+            Ok(exists) => {
                 if let Ok(mut g) = self.admin_exists.write() {
                     *g = Some((exists, Instant::now()));
                 }
@@ -199,9 +200,12 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
     let digest = api_keys::key_digest(&key);
-    let limit = Duration::from_millis(state.config.serving_timeout_ms.max(1) * 4);
+    // A lookup sits on the request's path: it gives up sooner than admin writes.
+    let keys = state.stores.api_keys.bounded_by(Duration::from_millis(
+        state.config.serving_timeout_ms.max(1) * 4,
+    ));
     if state.keys.is_bootstrap(&digest) {
-        if state.keys.bootstrap_retired(&state.stores.pg, limit).await {
+        if state.keys.bootstrap_retired(&keys).await {
             tracing::warn!(
                 "the bootstrap admin key was presented, but an admin key exists: it is retired"
             );
@@ -222,18 +226,17 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
                     .check_lookup(peer.ip())
                     .map_err(ApiError::RateLimited)?;
             }
-            match tokio::time::timeout(limit, api_keys::find(&state.stores.pg, &key)).await {
-                Ok(Ok(found)) => {
+            match keys.find(&key).await {
+                Ok(found) => {
                     state.keys.put(digest, found);
                     found
                 }
-                Ok(Err(e)) => match state.keys.get_stale_valid(&digest) {
+                Err(e) => match state.keys.get_stale_valid(&digest) {
                     Some(known) => Some(known),
+                    None if matches!(e, RepoError::Timeout { .. }) => {
+                        return Err(ApiError::Unavailable("postgres (api key lookup)".into()))
+                    }
                     None => return Err(e.into()),
-                },
-                Err(_) => match state.keys.get_stale_valid(&digest) {
-                    Some(known) => Some(known),
-                    None => return Err(ApiError::Unavailable("postgres (api key lookup)".into())),
                 },
             }
         }

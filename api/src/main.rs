@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use marquee_api::config::ApiConfig;
 use marquee_api::startup::{migrate_with_retry, Application};
 use marquee_api::telemetry;
-use repositories::postgres::{self, api_keys, api_keys::Role};
+use repositories::postgres::api_keys::Role;
 use repositories::stores::Stores;
 use uuid::Uuid;
 
@@ -76,16 +76,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => {
-            let pool = postgres::connect_lazy(&cli.config.stack.postgres())
-                .context("opening the PostgreSQL pool")?;
+            let stores = Stores::open(&cli.config.stack).context("opening store clients")?;
             // Keys may be made before the api first starts (scripts do), so
             // bring the schema up to date first; idempotent.
-            postgres::migrate(&pool)
+            stores
+                .migrate_postgres()
                 .await
                 .context("migrating PostgreSQL")?;
             match command {
                 KeysCommand::Create { role, name } => {
-                    let (id, key) = api_keys::create(&pool, role, &name)
+                    let (id, key) = stores
+                        .api_keys
+                        .create(role, &name)
                         .await
                         .context("creating the key")?;
                     println!(
@@ -95,18 +97,15 @@ async fn main() -> anyhow::Result<()> {
                     println!("{key}");
                 }
                 KeysCommand::Revoke { id } => {
-                    let hash = api_keys::revoke(&pool, id)
+                    let hash = stores
+                        .api_keys
+                        .revoke(id)
                         .await
                         .with_context(|| format!("revoking key {id}"))?;
                     println!("revoked key {id}");
                     // Running replicas refuse it at once when they hear this;
                     // without Redis, within their key-cache lifetime.
-                    let told = async {
-                        repositories::redis::RedisStore::new(&cli.config.stack.redis())?
-                            .publish_key_revoked(&hash)
-                            .await
-                    };
-                    if let Err(e) = told.await {
+                    if let Err(e) = stores.redis.publish_key_revoked(&hash).await {
                         eprintln!("could not tell running api replicas ({e}); they refuse the key within MARQUEE_KEY_CACHE_TTL_MS");
                     }
                 }

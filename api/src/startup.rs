@@ -11,7 +11,6 @@ use axum::middleware;
 use axum::serve::ListenerExt;
 use axum::Router;
 use repositories::kafka::{BufferedProducer, EventProducer};
-use repositories::postgres::serving::PgServing;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +74,7 @@ impl Application {
         )
         .context("creating the impression producer")?;
         let (serving, queues) = Serving::new(
-            PgServing::new(stores.pg.clone(), config.stack.timeout().max(timeout)),
+            stores.serving(config.stack.timeout().max(timeout)),
             producer,
             impressions,
             config.impression_queue,

@@ -7,19 +7,38 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::clickhouse::Analytics;
+use crate::postgres::api_keys::ApiKeys;
+use crate::postgres::bulk::BulkHistory;
+use crate::postgres::catalog::Catalog;
+use crate::postgres::click_credits::PgClickCredits;
+use crate::postgres::experiments::Experiments;
+use crate::postgres::ingest::{PgAssignmentLookup, PgIngestLedger};
+use crate::postgres::models::ModelRegistry;
+use crate::postgres::reweight::PgReweightRepository;
+use crate::postgres::serving::PgServing;
 use crate::redis::RedisStore;
 use crate::s3::ObjectStore;
 use crate::settings::StackArgs;
 use crate::{clickhouse, kafka, postgres, RepoResult};
 
-/// Handles to every store; cheap to clone.
+/// How long one bulk call (a chunk of a seed, a history stream for training)
+/// may take: minutes on a big catalogue, so this bounds a hung server only.
+const BULK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Handles to every store, one per role; cheap to clone. PostgreSQL is
+/// reached only through the role stores, each bounded by its timeout.
 #[derive(Clone)]
 pub struct Stores {
     pub settings: StackArgs,
-    pub pg: PgPool,
+    pub catalog: Catalog,
+    pub experiments: Experiments,
+    pub api_keys: ApiKeys,
+    pub models: ModelRegistry,
+    pub bulk: BulkHistory,
     pub redis: RedisStore,
     pub analytics: Analytics,
     pub objects: ObjectStore,
+    pg: PgPool,
     kafka_metadata: Arc<rdkafka::consumer::BaseConsumer>,
 }
 
@@ -37,14 +56,53 @@ impl Stores {
     /// Build clients without connecting: connections are made on first use,
     /// so a store that is down at startup is reported, not fatal.
     pub fn open(settings: &StackArgs) -> RepoResult<Self> {
+        let pg = postgres::connect_lazy(&settings.postgres())?;
+        let timeout = settings.timeout();
         Ok(Self {
             settings: settings.clone(),
-            pg: postgres::connect_lazy(&settings.postgres())?,
+            catalog: Catalog::new(pg.clone(), timeout),
+            experiments: Experiments::new(pg.clone(), timeout),
+            api_keys: ApiKeys::new(pg.clone(), timeout),
+            models: ModelRegistry::new(pg.clone(), timeout),
+            bulk: BulkHistory::new(pg.clone(), BULK_TIMEOUT),
+            pg,
             redis: RedisStore::new(&settings.redis())?,
             analytics: Analytics::new(&settings.clickhouse()),
             objects: ObjectStore::new(&settings.s3()),
             kafka_metadata: Arc::new(kafka::metadata_client(&settings.kafka())?),
         })
+    }
+
+    /// What the api serves from: experiments, catalogue, user contexts and
+    /// assignments, each call bounded by `timeout`.
+    pub fn serving(&self, timeout: Duration) -> PgServing {
+        PgServing::new(self.pg.clone(), timeout)
+    }
+
+    /// The worker's exactly-once ledger (and view/like history).
+    pub fn ingest_ledger(&self, timeout: Duration) -> PgIngestLedger {
+        PgIngestLedger::new(&self.pg, timeout)
+    }
+
+    /// The clicks credited per (served list, movie); credits older than
+    /// `retention` (the served lists' lifetime) are pruned.
+    pub fn click_credits(&self, timeout: Duration, retention: Duration) -> PgClickCredits {
+        PgClickCredits::new(self.pg.clone(), timeout, retention)
+    }
+
+    /// Users' sticky arms, for conversions that name no request.
+    pub fn assignment_lookup(&self, timeout: Duration) -> PgAssignmentLookup {
+        PgAssignmentLookup::new(self.pg.clone(), timeout)
+    }
+
+    /// The bandit's reads and writes of experiments and weights.
+    pub fn reweight_repository(&self, timeout: Duration) -> PgReweightRepository {
+        PgReweightRepository::new(self.pg.clone(), timeout)
+    }
+
+    /// PostgreSQL's schema alone: what a CLI that touches only PostgreSQL needs.
+    pub async fn migrate_postgres(&self) -> RepoResult<()> {
+        postgres::migrate(&self.pg).await
     }
 
     /// Bring every schema up to date: PostgreSQL tables, ClickHouse tables and

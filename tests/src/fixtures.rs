@@ -40,7 +40,7 @@ pub async fn create_two_arm_experiment(stack: &TestStack, key: &str) {
         "INSERT INTO experiments (key, status, salt, policy, metric) VALUES ($1, 'draft', $1, 'fixed', 'ctr')",
     )
     .bind(key)
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .expect("insert experiment");
     sqlx::query(
@@ -48,16 +48,15 @@ pub async fn create_two_arm_experiment(stack: &TestStack, key: &str) {
          ($1, 'control', 'popularity', 0.5, true, 0), ($1, 'treatment', 'als', 0.5, false, 1)",
     )
     .bind(key)
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .expect("insert arms");
-    let started = repositories::postgres::experiments::set_status(
-        &stack.stores.pg,
-        key,
-        domain::experiment::ExperimentStatus::Running,
-    )
-    .await
-    .expect("start the experiment");
+    let started = stack
+        .stores
+        .experiments
+        .set_status(key, domain::experiment::ExperimentStatus::Running)
+        .await
+        .expect("start the experiment");
     assert!(
         matches!(
             started,
@@ -104,7 +103,7 @@ pub async fn seed_catalog(stack: &TestStack, n: i64) {
         "INSERT INTO movies (id, title, genres) SELECT i, 'Movie ' || i, ARRAY['Drama'] FROM generate_series(1, $1) i",
     )
     .bind(n)
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .expect("seed the catalogue");
 }

@@ -25,6 +25,9 @@ pub struct TestStack {
     pub id: String,
     pub settings: StackArgs,
     pub stores: Stores,
+    /// The slice's PostgreSQL for fixtures and checks in raw SQL; the code
+    /// under test reaches it only through `stores`' role stores.
+    pub pg: sqlx::PgPool,
 }
 
 impl TestStack {
@@ -59,10 +62,12 @@ impl TestStack {
         settings.s3_bucket = format!("test-{id}");
         let stores = Stores::open(&settings).expect("open stores");
         stores.migrate().await.expect("migrate test stores");
+        let pg = repositories::postgres::connect_lazy(&settings.postgres()).expect("postgres pool");
         Self {
             id,
             settings,
             stores,
+            pg,
         }
     }
 }

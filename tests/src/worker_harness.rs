@@ -463,7 +463,7 @@ pub async fn clickhouse_raw_rows(stack: &TestStack) -> u64 {
 /// Rows of a PostgreSQL table.
 pub async fn pg_count(stack: &TestStack, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(&stack.stores.pg)
+        .fetch_one(&stack.pg)
         .await
         .expect("count rows")
 }

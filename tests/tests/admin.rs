@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -133,7 +133,7 @@ async fn movies_can_be_created_read_upserted_and_paged() {
 async fn history_lists_views_and_likes_newest_first_in_pages() {
     let stack = TestStack::fresh().await;
     let api = spawn_api(&stack, |_| {}).await;
-    let pg = &stack.stores.pg;
+    let pg = &stack.pg;
     sqlx::query("INSERT INTO movies (id, title) VALUES (7, 'Seven')")
         .execute(pg)
         .await
@@ -421,10 +421,16 @@ async fn algorithms_are_listed() {
 async fn admin_routes_need_an_admin_key_and_analysts_may_read_experiments() {
     let stack = TestStack::fresh().await;
     let api = spawn_api(&stack, |_| {}).await;
-    let (_, client_key) = api_keys::create(&stack.stores.pg, Role::Client, "front-end")
+    let (_, client_key) = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "front-end")
         .await
         .unwrap();
-    let (_, analyst_key) = api_keys::create(&stack.stores.pg, Role::Analyst, "analyst")
+    let (_, analyst_key) = stack
+        .stores
+        .api_keys
+        .create(Role::Analyst, "analyst")
         .await
         .unwrap();
     let (status, _) = admin(

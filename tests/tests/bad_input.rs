@@ -3,7 +3,7 @@
 //! gets a 5xx. To add a case, append a `Case` to `cases()`.
 
 use marquee_tests::{spawn_api, TestApi, TestStack};
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use serde_json::{json, Value};
 
 /// The api under test gets a small body limit so the oversized case stays cheap.
@@ -1064,10 +1064,16 @@ async fn bad_input_gets_a_documented_4xx_naming_the_field() {
     let stack = TestStack::fresh().await;
     let api = spawn_api(&stack, |c| c.max_body_bytes = MAX_BODY_BYTES).await;
     prepare(&api).await;
-    let (_, client_key) = api_keys::create(&stack.stores.pg, Role::Client, "bad-input client")
+    let (_, client_key) = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "bad-input client")
         .await
         .unwrap();
-    let (_, analyst_key) = api_keys::create(&stack.stores.pg, Role::Analyst, "bad-input analyst")
+    let (_, analyst_key) = stack
+        .stores
+        .api_keys
+        .create(Role::Analyst, "bad-input analyst")
         .await
         .unwrap();
 

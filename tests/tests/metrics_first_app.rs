@@ -22,7 +22,7 @@ const SERVING_COUNTERS: [&str; 5] = [
 async fn the_first_api_in_a_process_exports_its_serving_counters() {
     let stack = TestStack::fresh().await;
     sqlx::query("INSERT INTO movies (id, title, genres) VALUES (1, 'One', ARRAY['Drama'])")
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
     create_two_arm_experiment(&stack, "home").await;

@@ -14,8 +14,6 @@ use marquee_tests::{eventually, spawn_api, TestStack};
 use marquee_worker::models::{ModelLoop, ModelLoopSettings};
 use marquee_worker::seed::{self, SeedSize};
 use marquee_worker::train::{self, TrainArgs};
-use repositories::postgres::bulk;
-use repositories::postgres::models::PrecomputeLease;
 use serde_json::Value;
 
 /// Small and quick: the test is about the lifecycle, not the fit.
@@ -34,12 +32,18 @@ async fn train_als(stack: &TestStack, activate: bool) -> train::TrainOutcome {
 
 /// Users the model loop must cover, with the movies their lists must not repeat.
 async fn active_users(stack: &TestStack) -> Vec<(String, Vec<i64>)> {
-    let newest = bulk::newest_interaction(&stack.stores.pg)
+    let newest = stack
+        .stores
+        .bulk
+        .newest_interaction()
         .await
         .unwrap()
         .expect("history exists");
     let since = newest.min(Utc::now()) - chrono::Duration::seconds(WINDOW_S as i64);
-    bulk::active_users_with_history(&stack.stores.pg, since)
+    stack
+        .stores
+        .bulk
+        .active_users_with_history(since)
         .await
         .unwrap()
 }
@@ -135,11 +139,13 @@ async fn trained_models_are_stored_loaded_precomputed_rolled_back_and_checked() 
     assert_eq!(manifest.hyperparameters["factors"], 8);
     assert!(manifest.metrics.iter().any(|m| m.k == 10 && m.ndcg > 0.0));
     assert!(manifest.load(&bytes).is_ok());
-    let row =
-        repositories::postgres::models::find_model(&stack.stores.pg, "als", &manifest.version)
-            .await
-            .unwrap()
-            .expect("registered");
+    let row = stack
+        .stores
+        .models
+        .find_model("als", &manifest.version)
+        .await
+        .unwrap()
+        .expect("registered");
     assert_eq!(row.sha256, manifest.sha256);
     assert!(row.is_active());
 
@@ -315,7 +321,7 @@ async fn movielens_directories_import_as_views_and_likes() {
         (1, 2, 3)
     );
 
-    let pg = &stack.stores.pg;
+    let pg = &stack.pg;
     let count = |sql: &'static str| async move {
         sqlx::query_scalar::<_, i64>(sql)
             .fetch_one(pg)
@@ -376,12 +382,18 @@ async fn one_worker_at_a_time_precomputes_an_algorithm() {
     let mut model_loop = ModelLoop::new(stack.stores.clone(), settings);
 
     // Another worker holds the lease: this one leaves the algorithm alone.
-    let held = PrecomputeLease::try_take(&stack.stores.pg, "als", Duration::from_secs(5))
+    let held = stack
+        .stores
+        .models
+        .try_take_precompute_lease("als", Duration::from_secs(5))
         .await
         .unwrap()
         .expect("the lease is free at first");
     assert!(
-        PrecomputeLease::try_take(&stack.stores.pg, "als", Duration::from_secs(5))
+        stack
+            .stores
+            .models
+            .try_take_precompute_lease("als", Duration::from_secs(5))
             .await
             .unwrap()
             .is_none(),

@@ -133,9 +133,20 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
     for _ in 0..5 {
         actions.push(action(EventKind::Click, "u1", Some(5), victim.request_id));
     }
+    // u1 clicks a movie it was served three times more: one click per
+    // served movie is credited (MARQUEE_MAX_CLICKS_PER_SERVED_MOVIE = 1).
+    let clicked_before = victim.impression.as_ref().unwrap().items[1].movie_id.get();
+    for _ in 0..3 {
+        actions.push(action(
+            EventKind::Click,
+            "u1",
+            Some(clicked_before),
+            victim.request_id,
+        ));
+    }
     // Sticky arms: u1 is in treatment; its conversion without a request id is attributed there.
     sqlx::query("INSERT INTO assignments (experiment_key, user_id, arm_key) VALUES ('home', 'u1', 'treatment'), ('home', 'u2', 'control')")
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
     actions.push(action(EventKind::Conversion, "u1", None, None));
@@ -204,8 +215,8 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
         .unwrap();
     assert_eq!(
         unattributed,
-        25 + 55,
-        "unknown request ids and forged clicks are stored, unattributed"
+        25 + 55 + 3,
+        "unknown request ids, forged and repeated clicks are stored, unattributed"
     );
     let attributed_views: u64 = client
         .query("SELECT count() FROM events FINAL WHERE type = 'view' AND experiment_key = 'home' AND position = 0 AND model_version = 'v1'")
@@ -217,7 +228,7 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
     let unattributed_counted = second
         .metric_total("marquee_events_unattributed_total")
         .await;
-    assert_eq!(unattributed_counted, 25.0 + 55.0);
+    assert_eq!(unattributed_counted, 25.0 + 55.0 + 3.0);
     let page = marquee_tests::metrics_page(&second.url("/metrics")).await;
     let refused = |reason: &str| -> f64 {
         page.lines()
@@ -228,5 +239,15 @@ async fn clicks_are_attributed_to_the_impression_that_served_them() {
     };
     assert_eq!(refused("other_user"), 50.0, "{page}");
     assert_eq!(refused("movie_not_served"), 5.0, "{page}");
+    assert_eq!(refused("click_cap"), 3.0, "{page}");
+    let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM click_credits")
+        .fetch_one(&stack.pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        credits as u64,
+        sent["control"] + sent["treatment"] + 3,
+        "one row per admitted click, and the three over the cap"
+    );
     second.stop().await;
 }

@@ -90,13 +90,13 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing() 
     assert_eq!(pg_count(&stack, "ingested_events").await, total as i64);
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM ingest_batches WHERE status = 'pending'")
-            .fetch_one(&stack.stores.pg)
+            .fetch_one(&stack.pg)
             .await
             .unwrap();
     let recovered: Vec<(String, i64)> = sqlx::query_as(
         "SELECT status, count(*) FROM ingest_batches GROUP BY status ORDER BY status",
     )
-    .fetch_all(&stack.stores.pg)
+    .fetch_all(&stack.pg)
     .await
     .unwrap();
     println!("ledger batches by status: {recovered:?}");

@@ -30,7 +30,7 @@ fn events(n: usize) -> Vec<StoredEvent> {
 async fn status(stack: &TestStack, batch: BatchId) -> String {
     sqlx::query_scalar("SELECT status FROM ingest_batches WHERE batch_id = $1")
         .bind(batch.as_uuid())
-        .fetch_one(&stack.stores.pg)
+        .fetch_one(&stack.pg)
         .await
         .unwrap()
 }
@@ -43,20 +43,20 @@ async fn a_pending_batch_absent_from_clickhouse_is_aborted_and_its_events_reclai
     let first = BatchId::new_random();
     {
         // A writer claims, then "dies" before its ClickHouse insert.
-        let mut dying = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+        let mut dying = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
         let claimed = dying.claim(first, &batch, &store).await.unwrap();
         assert_eq!(claimed.len(), 50);
     }
     assert_eq!(status(&stack, first).await, "pending");
     assert_eq!(
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM views")
-            .fetch_one(&stack.stores.pg)
+            .fetch_one(&stack.pg)
             .await
             .unwrap(),
         50
     );
 
-    let mut next = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    let mut next = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
     let second = BatchId::new_random();
     let claimed = next.claim(second, &batch, &store).await.unwrap();
     assert_eq!(
@@ -71,7 +71,7 @@ async fn a_pending_batch_absent_from_clickhouse_is_aborted_and_its_events_reclai
     assert_eq!(clickhouse_raw_rows(&stack).await, 50);
     assert_eq!(
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM views")
-            .fetch_one(&stack.stores.pg)
+            .fetch_one(&stack.pg)
             .await
             .unwrap(),
         50,
@@ -87,11 +87,11 @@ async fn a_pending_batch_present_in_clickhouse_is_marked_written_and_its_events_
     let first = BatchId::new_random();
     {
         // The writer inserted into ClickHouse and died before marking the batch.
-        let mut dying = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+        let mut dying = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
         dying.claim(first, &batch, &store).await.unwrap();
         store.insert_batch(first, &batch).await.unwrap();
     }
-    let mut next = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    let mut next = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
     let claimed = next
         .claim(BatchId::new_random(), &batch, &store)
         .await
@@ -107,12 +107,12 @@ async fn a_second_writer_waits_for_a_live_writers_lease() {
     let store = Arc::new(stack.stores.analytics.clone());
     let batch = events(30);
     let first = BatchId::new_random();
-    let mut live = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    let mut live = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
     live.claim(first, &batch, store.as_ref()).await.unwrap();
 
     // Another worker (after a rebalance) meets the same events meanwhile.
     let contender = {
-        let pg = stack.stores.pg.clone();
+        let pg = stack.pg.clone();
         let store = store.clone();
         let batch = batch.clone();
         tokio::spawn(async move {
@@ -171,7 +171,7 @@ async fn waiting_advisory_locks(stack: &TestStack) -> i64 {
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
-    .fetch_one(&stack.stores.pg)
+    .fetch_one(&stack.pg)
     .await
     .unwrap()
 }
@@ -187,7 +187,7 @@ async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
     let batch = events(30);
     let dead = BatchId::new_random();
     {
-        let mut dying = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+        let mut dying = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
         dying
             .claim(dead, &batch, &stack.stores.analytics)
             .await
@@ -201,7 +201,7 @@ async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
     });
     let first_batch = BatchId::new_random();
     let first = {
-        let (pg, gated, batch) = (stack.stores.pg.clone(), gated.clone(), batch.clone());
+        let (pg, gated, batch) = (stack.pg.clone(), gated.clone(), batch.clone());
         tokio::spawn(async move {
             let mut ledger = PgIngestLedger::new(&pg, Duration::from_secs(5));
             let claimed = ledger
@@ -218,7 +218,7 @@ async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
 
     let second = {
         let (pg, store, batch) = (
-            stack.stores.pg.clone(),
+            stack.pg.clone(),
             stack.stores.analytics.clone(),
             batch.clone(),
         );
@@ -266,7 +266,7 @@ async fn two_workers_reclaiming_one_dead_batch_take_its_events_once() {
     );
     let owners: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT DISTINCT batch_id FROM ingested_events")
-            .fetch_all(&stack.stores.pg)
+            .fetch_all(&stack.pg)
             .await
             .unwrap();
     assert_eq!(owners, vec![first_batch.as_uuid()]);
@@ -357,7 +357,7 @@ async fn a_batch_whose_insert_is_still_running_is_not_resolved_until_it_ends() {
     let store = stack.stores.analytics.clone();
     let batch = events(20);
     let slow = BatchId::new_random();
-    let mut writer = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    let mut writer = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
     writer.claim(slow, &batch, &store).await.unwrap();
     let mut insert = SlowInsert::start(&stack, slow, &batch).await;
     assert!(
@@ -370,7 +370,7 @@ async fn a_batch_whose_insert_is_still_running_is_not_resolved_until_it_ends() {
     // The writer's wait timed out: it gives up its lease.
     writer.abandon(slow).await;
 
-    let mut next = PgIngestLedger::new(&stack.stores.pg, Duration::from_secs(5));
+    let mut next = PgIngestLedger::new(&stack.pg, Duration::from_secs(5));
     let refused = next
         .claim(BatchId::new_random(), &batch, &store)
         .await

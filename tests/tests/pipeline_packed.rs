@@ -230,7 +230,7 @@ async fn a_batch_larger_than_one_insert_is_stored_in_parts_each_event_once() {
     let (batches, written): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE status = 'written') FROM ingest_batches",
     )
-    .fetch_one(&stack.stores.pg)
+    .fetch_one(&stack.pg)
     .await
     .unwrap();
     assert!(

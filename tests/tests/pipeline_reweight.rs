@@ -13,13 +13,13 @@ use marquee_tests::worker_harness::{
     action, impression, items, produce_events, producer, spawn_worker,
 };
 use marquee_tests::{spawn_api, TestStack};
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use serde_json::Value;
 
 async fn weight(stack: &TestStack, arm: &str) -> f64 {
     sqlx::query_scalar("SELECT weight FROM arms WHERE experiment_key = 'bandit' AND arm_key = $1")
         .bind(arm)
-        .fetch_one(&stack.stores.pg)
+        .fetch_one(&stack.pg)
         .await
         .unwrap()
 }
@@ -32,20 +32,23 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
                                   burn_in_users, exploration_s, started_at) \
          VALUES ('bandit', 'running', 'bandit-salt', 'thompson', 'ctr', 0.05, 1, 100, 0, now())",
     )
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO arms (experiment_key, arm_key, algorithm_key, weight, is_control, position) VALUES \
          ('bandit', 'a', 'popularity', 0.5, true, 0), ('bandit', 'b', 'als', 0.5, false, 1)",
     )
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .unwrap();
 
     // An api replica that must follow the new weights for new users.
     let api = spawn_api(&stack, |_| {}).await;
-    let client_key = api_keys::create(&stack.stores.pg, Role::Client, "reweight-test")
+    let client_key = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "reweight-test")
         .await
         .unwrap()
         .1;
@@ -157,7 +160,7 @@ async fn thompson_moves_weight_to_the_better_arm_in_postgres_and_redis() {
         "SELECT computed_at, count(*), (array_agg(posterior))[1] FROM weight_history \
          WHERE experiment_key = 'bandit' AND reason = 'thompson' GROUP BY computed_at ORDER BY computed_at",
     )
-    .fetch_all(&stack.stores.pg)
+    .fetch_all(&stack.pg)
     .await
     .unwrap();
     assert!(runs.len() >= 2, "{runs:?}");

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use marquee_tests::{spawn_api, TestApi, TestStack};
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use serde_json::Value;
 
 const ROUTE: &str = "/v1/users/u1/recommendations";
@@ -53,10 +53,16 @@ fn p99(samples: &[(u16, Duration)]) -> Duration {
 async fn a_key_over_its_limit_gets_429_and_other_keys_are_served() {
     let stack = TestStack::fresh().await;
     let api = spawn_api(&stack, |c| c.rate_limit_per_key = 200).await;
-    let (_, noisy) = api_keys::create(&stack.stores.pg, Role::Client, "noisy")
+    let (_, noisy) = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "noisy")
         .await
         .unwrap();
-    let (_, quiet) = api_keys::create(&stack.stores.pg, Role::Client, "quiet")
+    let (_, quiet) = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "quiet")
         .await
         .unwrap();
     // Warm both keys' cache entries and the route.
@@ -153,7 +159,10 @@ async fn unknown_keys_from_one_address_are_refused_before_postgres_is_asked() {
     assert!(statuses.contains(&429), "no guess was refused");
     assert_eq!(unauthorized + limited, 100);
     // A known key still passes: its lookup is cached, or within the limit later.
-    let (_, key) = api_keys::create(&stack.stores.pg, Role::Client, "known")
+    let (_, key) = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "known")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

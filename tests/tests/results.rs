@@ -15,7 +15,7 @@ use marquee_tests::worker_harness::{
     action, impression, items, produce_events, producer, spawn_worker,
 };
 use marquee_tests::{eventually, spawn_api, TestApi, TestStack};
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use repositories::postgres::reweight::PgReweightRepository;
 use serde_json::Value;
 
@@ -233,7 +233,7 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
          ('home', 'control', 0.3, 'thompson', now() + interval '1 second'), \
          ('home', 'treatment', 0.7, 'thompson', now() + interval '1 second')",
     )
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .unwrap();
     stack
@@ -277,7 +277,7 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
 
     // With a 7-day outcome window every event (all of today) still counts.
     sqlx::query("UPDATE experiments SET outcome_window_days = 7 WHERE key = 'home'")
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
     let windowed: Value = get("/v1/experiments/home/results")
@@ -297,7 +297,7 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
         estimate
     ));
     sqlx::query("UPDATE experiments SET outcome_window_days = NULL WHERE key = 'home'")
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
 
@@ -376,7 +376,7 @@ async fn serve(
 
 async fn assignments(stack: &TestStack) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM assignments WHERE experiment_key = 'cohorts'")
-        .fetch_one(&stack.stores.pg)
+        .fetch_one(&stack.pg)
         .await
         .unwrap()
 }
@@ -393,7 +393,10 @@ async fn stored_impressions(stack: &TestStack) -> u64 {
 }
 
 async fn periods(stack: &TestStack) -> usize {
-    repositories::postgres::experiments::weight_periods(&stack.stores.pg, "cohorts")
+    stack
+        .stores
+        .experiments
+        .weight_periods("cohorts")
         .await
         .unwrap()
         .len()
@@ -416,23 +419,22 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
                                   burn_in_users, exploration_s) \
          VALUES ('cohorts', 'draft', 'cohorts', 'thompson', 'ctr', 0.1, 1, 20, 0)",
     )
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO arms (experiment_key, arm_key, algorithm_key, weight, is_control, position) VALUES \
          ('cohorts', 'control', 'popularity', 0.5, true, 0), ('cohorts', 'treatment', 'als', 0.5, false, 1)",
     )
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .unwrap();
-    repositories::postgres::experiments::set_status(
-        &stack.stores.pg,
-        "cohorts",
-        domain::experiment::ExperimentStatus::Running,
-    )
-    .await
-    .unwrap();
+    stack
+        .stores
+        .experiments
+        .set_status("cohorts", domain::experiment::ExperimentStatus::Running)
+        .await
+        .unwrap();
     let waves: Vec<Vec<String>> = (0..3)
         .map(|w| (0..WAVE).map(|u| format!("wave{w}-user{u}")).collect())
         .collect();
@@ -453,7 +455,10 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
     .await;
 
     let api = spawn_api(&stack, |_| {}).await;
-    let key = api_keys::create(&stack.stores.pg, Role::Client, "cohort-test")
+    let key = stack
+        .stores
+        .api_keys
+        .create(Role::Client, "cohort-test")
         .await
         .unwrap()
         .1;
@@ -480,7 +485,7 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
     );
     // No more bandit runs: the second change is the test's, at a known time.
     sqlx::query("UPDATE experiments SET reweight_interval_s = 1000000 WHERE key = 'cohorts'")
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -498,7 +503,10 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
     );
 
     // The second change, written and announced as the bandit does it.
-    let experiment = repositories::postgres::experiments::get(&stack.stores.pg, "cohorts")
+    let experiment = stack
+        .stores
+        .experiments
+        .get("cohorts")
         .await
         .unwrap()
         .unwrap()
@@ -515,7 +523,7 @@ async fn cohort_analysis_through_the_pipeline_while_weights_change_twice() {
         periods_used: 0,
         held: false,
     };
-    PgReweightRepository::new(stack.stores.pg.clone(), Duration::from_secs(5))
+    PgReweightRepository::new(stack.pg.clone(), Duration::from_secs(5))
         .record_weights(experiment.key(), &change, "analyst")
         .await
         .unwrap();

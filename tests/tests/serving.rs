@@ -16,7 +16,7 @@ use marquee_tests::private_redis::{free_port, PrivateRedis};
 use marquee_tests::{
     eventually, metric_total, metric_total_in, metrics_page, spawn_api, TestApi, TestStack,
 };
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -27,7 +27,7 @@ async fn seed_catalog(stack: &TestStack) {
     sqlx::query(
         "INSERT INTO movies (id, title, genres) SELECT i, 'Movie ' || i, ARRAY['Drama'] FROM generate_series(1, 40) i",
     )
-    .execute(&stack.stores.pg)
+    .execute(&stack.pg)
     .await
     .unwrap();
 }
@@ -66,13 +66,16 @@ async fn record_view(stack: &TestStack, user: &str, movie: i64) {
         .bind(Uuid::new_v4())
         .bind(user)
         .bind(movie)
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
 }
 
 async fn client_key(stack: &TestStack) -> String {
-    api_keys::create(&stack.stores.pg, Role::Client, "serving-test")
+    stack
+        .stores
+        .api_keys
+        .create(Role::Client, "serving-test")
         .await
         .unwrap()
         .1
@@ -212,7 +215,7 @@ async fn a_user_keeps_their_arm_when_weights_change_and_new_users_follow_them() 
             "SELECT arm_key FROM assignments WHERE experiment_key = 'home' AND user_id = $1",
         )
         .bind(&control_user)
-        .fetch_optional(&stack.stores.pg)
+        .fetch_optional(&stack.pg)
         .await
         .unwrap()
         .as_deref()
@@ -223,7 +226,7 @@ async fn a_user_keeps_their_arm_when_weights_change_and_new_users_follow_them() 
 
     // All new traffic to the treatment, announced the way workers announce it.
     sqlx::query("UPDATE arms SET weight = CASE WHEN arm_key = 'control' THEN 0 ELSE 1 END WHERE experiment_key = 'home'")
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
     let mut conn = stack.stores.redis.conn().await.unwrap();
@@ -277,7 +280,7 @@ async fn concurrent_uncached_users_share_reads_and_each_gets_their_own_context()
         )
         .bind(user)
         .bind(arm)
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
         for movie in [POPULARITY_LIST[seen_index(i)], ALS_LIST[seen_index(i)]] {
@@ -444,7 +447,7 @@ async fn with_redis_down_recommendations_fall_back_to_popular_from_postgres() {
             sqlx::query("INSERT INTO views (event_id, user_id, movie_id, ts) VALUES ($1, 'someone', $2, now())")
                 .bind(Uuid::new_v4())
                 .bind(movie)
-                .execute(&stack.stores.pg)
+                .execute(&stack.pg)
                 .await
                 .unwrap();
         }

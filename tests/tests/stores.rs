@@ -20,12 +20,12 @@ async fn postgres_insert_then_select() {
         .bind("The Answer")
         .bind(1979)
         .bind(vec!["Sci-Fi".to_owned()])
-        .execute(&stack.stores.pg)
+        .execute(&stack.pg)
         .await
         .unwrap();
     let (title, genres): (String, Vec<String>) =
         sqlx::query_as("SELECT title, genres FROM movies WHERE id = 42")
-            .fetch_one(&stack.stores.pg)
+            .fetch_one(&stack.pg)
             .await
             .unwrap();
     assert_eq!(title, "The Answer");
@@ -306,7 +306,7 @@ async fn postgres_user_contexts_answer_each_user_in_order() {
     use repositories::postgres::serving::PgServing;
 
     let stack = TestStack::fresh().await;
-    let pg = &stack.stores.pg;
+    let pg = &stack.pg;
     sqlx::query(
         "INSERT INTO experiments (key, status, salt, policy, metric) VALUES ('home', 'running', 'home', 'fixed', 'ctr')",
     )

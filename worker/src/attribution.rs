@@ -8,7 +8,8 @@ use std::sync::Arc;
 use domain::events::EventKind;
 use domain::ids::RequestId;
 use domain::ports::pipeline::{
-    AssignmentLookup, AttributionRefusal, AttributionStore, ServedList, StoreError, StoredEvent,
+    AssignmentLookup, AttributionRefusal, AttributionStore, ClickCredit, ClickCredits, ServedList,
+    StoreError, StoredEvent,
 };
 
 /// A bounded map with two generations: lookups hit either, inserts go to the
@@ -65,6 +66,8 @@ pub struct AttributionCounts {
     pub other_user: u64,
     /// A click on a movie its list did not contain.
     pub movie_not_served: u64,
+    /// A click beyond the cap per (served list, movie).
+    pub click_cap: u64,
 }
 
 impl AttributionCounts {
@@ -75,14 +78,24 @@ impl AttributionCounts {
         self.sticky += other.sticky;
         self.other_user += other.other_user;
         self.movie_not_served += other.movie_not_served;
+        self.click_cap += other.click_cap;
     }
 
     fn refused(&mut self, refusal: AttributionRefusal) {
         match refusal {
             AttributionRefusal::OtherUser => self.other_user += 1,
             AttributionRefusal::MovieNotServed => self.movie_not_served += 1,
+            AttributionRefusal::ClickCap => self.click_cap += 1,
         }
     }
+}
+
+/// How many clicks one served list may earn per movie, and where the
+/// credited ones are kept.
+pub struct ClickCap {
+    pub credits: Arc<dyn ClickCredits>,
+    /// Clicks credited per (served list, movie); 0 credits every click.
+    pub per_served_movie: u32,
 }
 
 /// Attribution for the pipeline: remembers impressions, attributes the rest.
@@ -90,6 +103,7 @@ pub struct Attributor {
     recent: RecentLists,
     store: Arc<dyn AttributionStore>,
     assignments: Arc<dyn AssignmentLookup>,
+    click_cap: ClickCap,
     ttl_s: u64,
 }
 
@@ -98,12 +112,14 @@ impl Attributor {
         capacity: usize,
         store: Arc<dyn AttributionStore>,
         assignments: Arc<dyn AssignmentLookup>,
+        click_cap: ClickCap,
         ttl_s: u64,
     ) -> Self {
         Self {
             recent: RecentLists::new(capacity),
             store,
             assignments,
+            click_cap,
             ttl_s,
         }
     }
@@ -211,7 +227,9 @@ impl Attributor {
             tracing::warn!(error = %e, "could not look up served lists; attributing from memory only");
         }
         let mut sticky_users = Vec::new();
-        for e in events.iter_mut() {
+        // Clicks the list admits, credited only once the cap has been asked.
+        let mut capped: Vec<(usize, Arc<ServedList>, ClickCredit)> = Vec::new();
+        for (index, e) in events.iter_mut().enumerate() {
             if e.event.kind == EventKind::Impression {
                 continue;
             }
@@ -220,11 +238,24 @@ impl Attributor {
                 Some(id) => match self.recent.get(&id) {
                     Some(list) => {
                         match list.admits(e.event.kind, &e.event.user_id, e.event.movie_id) {
-                            Ok(()) => {
-                                e.attributions.push(list.attribute(e.event.movie_id));
-                                e.model_version = list.model_version.clone();
-                                counts.attributed += 1;
-                            }
+                            Ok(()) => match e.event.movie_id {
+                                Some(movie_id)
+                                    if e.event.kind == EventKind::Click
+                                        && self.click_cap.per_served_movie > 0 =>
+                                {
+                                    let credit = ClickCredit {
+                                        request_id: id,
+                                        movie_id,
+                                        event_id: e.event.id,
+                                    };
+                                    capped.push((index, list, credit));
+                                }
+                                _ => {
+                                    e.attributions.push(list.attribute(e.event.movie_id));
+                                    e.model_version = list.model_version.clone();
+                                    counts.attributed += 1;
+                                }
+                            },
                             Err(refusal) => {
                                 counts.unattributed += 1;
                                 counts.refused(refusal);
@@ -243,6 +274,31 @@ impl Attributor {
                     sticky_users.push(e.event.user_id.clone());
                 }
                 None => {}
+            }
+        }
+        if !capped.is_empty() {
+            let credits: Vec<ClickCredit> = capped.iter().map(|(_, _, c)| *c).collect();
+            let admitted = self
+                .click_cap
+                .credits
+                .admit(&credits, self.click_cap.per_served_movie)
+                .await?;
+            for ((index, list, credit), admitted) in capped.into_iter().zip(admitted) {
+                let e = &mut events[index];
+                if admitted {
+                    e.attributions.push(list.attribute(e.event.movie_id));
+                    e.model_version = list.model_version.clone();
+                    counts.attributed += 1;
+                } else {
+                    counts.unattributed += 1;
+                    counts.refused(AttributionRefusal::ClickCap);
+                    tracing::debug!(
+                        event_id = %credit.event_id,
+                        request_id = %credit.request_id,
+                        movie_id = credit.movie_id.get(),
+                        "click over the cap per served movie; not credited"
+                    );
+                }
             }
         }
         if !sticky_users.is_empty() {
@@ -314,8 +370,37 @@ mod tests {
         }
     }
 
+    /// Credited clicks in memory, in order of arrival per (request, movie).
+    #[derive(Default)]
+    struct MemoryCredits {
+        credited: Mutex<HashMap<(RequestId, i64), Vec<EventId>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ClickCredits for MemoryCredits {
+        async fn admit(&self, clicks: &[ClickCredit], cap: u32) -> Result<Vec<bool>, StoreError> {
+            let mut credited = self.credited.lock().unwrap();
+            Ok(clicks
+                .iter()
+                .map(|c| {
+                    let ids = credited
+                        .entry((c.request_id, c.movie_id.get()))
+                        .or_default();
+                    if !ids.contains(&c.event_id) {
+                        ids.push(c.event_id);
+                    }
+                    ids.iter().position(|id| *id == c.event_id).unwrap() < cap as usize
+                })
+                .collect())
+        }
+    }
+
     fn attributor_over(store: Arc<MemoryLists>) -> Attributor {
-        Attributor::new(100, store, Arc::new(NoAssignments), 60)
+        let click_cap = ClickCap {
+            credits: Arc::new(MemoryCredits::default()),
+            per_served_movie: 1,
+        };
+        Attributor::new(100, store, Arc::new(NoAssignments), click_cap, 60)
     }
 
     fn event(kind: EventKind, request_id: RequestId) -> StoredEvent {
@@ -429,6 +514,44 @@ mod tests {
         // The list shared with other workers names its user too.
         let shared = store.lists.lock().unwrap().get(&served).cloned().unwrap();
         assert_eq!(shared.user.unwrap().as_str(), "u1");
+    }
+
+    #[tokio::test]
+    async fn a_served_movie_earns_one_click_however_often_it_is_clicked() {
+        let store = Arc::new(MemoryLists::default());
+        let mut attributor = attributor_over(store);
+        let served = RequestId::new_random();
+        let mut impression = event(EventKind::Impression, served);
+        if let Some(imp) = impression.event.impression.as_mut() {
+            imp.items = (0..2)
+                .map(|p| domain::events::ServedItem {
+                    movie_id: domain::ids::MovieId::parse(7 + i64::from(p)).unwrap(),
+                    position: p,
+                })
+                .collect();
+        }
+        attributor.remember(&[impression]).await.unwrap();
+        let click = |movie: i64| {
+            let mut e = event(EventKind::Click, served);
+            e.event.movie_id = Some(domain::ids::MovieId::parse(movie).unwrap());
+            e
+        };
+        let mut batch: Vec<StoredEvent> = (0..5).map(|_| click(7)).collect();
+        batch.push(click(8));
+        let counts = attributor.attribute(&mut batch).await.unwrap();
+        assert_eq!((counts.attributed, counts.click_cap), (2, 4), "{counts:?}");
+        assert_eq!(counts.unattributed, 4);
+        assert!(!batch[0].attributions.is_empty() && !batch[5].attributions.is_empty());
+        assert!(batch[1..5].iter().all(|e| e.attributions.is_empty()));
+
+        // A retried batch gets the same answers: the credited click stays credited.
+        let counts = attributor.attribute(&mut batch).await.unwrap();
+        assert_eq!((counts.attributed, counts.click_cap), (2, 4), "{counts:?}");
+        // A view of the same movie is not a click: never capped.
+        let mut view = event(EventKind::View, served);
+        view.event.movie_id = Some(domain::ids::MovieId::parse(7).unwrap());
+        let counts = attributor.attribute(&mut [view]).await.unwrap();
+        assert_eq!((counts.attributed, counts.click_cap), (1, 0));
     }
 
     fn list(arm: &str) -> Arc<ServedList> {

@@ -35,6 +35,12 @@ pub struct WorkerConfig {
         default_value_t = 604_800
     )]
     pub attribution_ttl_s: u64,
+    /// Clicks credited per (served list, movie); the rest are stored
+    /// unattributed with the reason `click_cap` (0: every click counts). A
+    /// served movie is clicked or not, so a repeated click, or one forged
+    /// under a request id the forger learnt, cannot raise an arm's CTR.
+    #[arg(long, env = "MARQUEE_MAX_CLICKS_PER_SERVED_MOVIE", default_value_t = 1)]
+    pub max_clicks_per_served_movie: u32,
     /// Served lists kept in process memory in front of Redis.
     #[arg(
         long,

@@ -646,6 +646,7 @@ impl Pipeline {
         for (reason, n) in [
             ("other_user", stored.attribution.other_user),
             ("movie_not_served", stored.attribution.movie_not_served),
+            ("click_cap", stored.attribution.click_cap),
         ] {
             if n > 0 {
                 metrics::counter!("marquee_events_attribution_refused_total", "reason" => reason)

@@ -15,8 +15,7 @@ use chrono::{DateTime, Utc};
 use domain::ids::{MovieId, UserId};
 use domain::recommend::format::{ModelManifest, TrainedModel, FORMAT_VERSION};
 use domain::recommend::{PrecomputedList, Recommender};
-use repositories::postgres::bulk;
-use repositories::postgres::models::{self, ModelRow, PrecomputeLease};
+use repositories::postgres::models::ModelRow;
 use repositories::stores::Stores;
 use tokio_util::sync::CancellationToken;
 
@@ -178,11 +177,11 @@ pub async fn precompute(
     settings: &ModelLoopSettings,
 ) -> anyhow::Result<PrecomputeSummary> {
     let now = Utc::now();
-    let newest = bulk::newest_interaction(&stores.pg).await?.unwrap_or(now);
+    let newest = stores.bulk.newest_interaction().await?.unwrap_or(now);
     let window =
         chrono::Duration::from_std(settings.active_window).unwrap_or(chrono::Duration::days(30));
     let since: DateTime<Utc> = newest.min(now) - window;
-    let users = bulk::active_users_with_history(&stores.pg, since).await?;
+    let users = stores.bulk.active_users_with_history(since).await?;
     let mut summary = PrecomputeSummary {
         users: users.len(),
         ..Default::default()
@@ -253,14 +252,17 @@ impl ModelLoop {
     /// One worker at a time precomputes an algorithm (a lease in PostgreSQL);
     /// the others skip it and find its lists in Redis on a later poll.
     pub async fn tick(&mut self) -> anyhow::Result<()> {
-        let active = models::active_models(&self.stores.pg).await?;
+        let active = self.stores.models.active_models().await?;
         for row in active {
             let algorithm = row.algorithm_key.clone();
             if self.settled(&row) {
                 continue;
             }
-            let Some(lease) =
-                PrecomputeLease::try_take(&self.stores.pg, &algorithm, LEASE_TIMEOUT).await?
+            let Some(lease) = self
+                .stores
+                .models
+                .try_take_precompute_lease(&algorithm, LEASE_TIMEOUT)
+                .await?
             else {
                 tracing::debug!(%algorithm, version = %row.version, "another worker is precomputing this algorithm");
                 continue;
@@ -268,7 +270,7 @@ impl ModelLoop {
             // The active version read above may be minutes old (precomputing
             // the algorithms before this one): act on the current one, so a
             // version activated since is not overwritten by the older one.
-            let current = match models::active_models(&self.stores.pg).await {
+            let current = match self.stores.models.active_models().await {
                 Ok(rows) => rows.into_iter().find(|r| r.algorithm_key == algorithm),
                 Err(e) => {
                     lease.release().await;

@@ -26,7 +26,7 @@ use domain::recommend::{CatalogEntry, InteractionKind};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use repositories::clickhouse::EventRow;
-use repositories::postgres::bulk::{self, HistoryRow};
+use repositories::postgres::bulk::HistoryRow;
 use repositories::stores::Stores;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -169,7 +169,10 @@ impl<'a> HistoryWriter<'a> {
     async fn movies(&self, movies: &[CatalogEntry], bar: &ProgressBar) -> anyhow::Result<u64> {
         let mut written = 0;
         for chunk in movies.chunks(ENTITY_CHUNK) {
-            written += bulk::upsert_movies(&self.stores.pg, chunk)
+            written += self
+                .stores
+                .bulk
+                .upsert_movies(chunk)
                 .await
                 .context("writing movies to postgres")?;
             bar.inc(chunk.len() as u64);
@@ -180,7 +183,10 @@ impl<'a> HistoryWriter<'a> {
     async fn users(&self, users: &[String], bar: &ProgressBar) -> anyhow::Result<u64> {
         let mut written = 0;
         for chunk in users.chunks(ENTITY_CHUNK) {
-            written += bulk::insert_users(&self.stores.pg, chunk)
+            written += self
+                .stores
+                .bulk
+                .insert_users(chunk)
                 .await
                 .context("writing users to postgres")?;
             bar.inc(chunk.len() as u64);
@@ -194,7 +200,10 @@ impl<'a> HistoryWriter<'a> {
         let Some(first) = rows.first() else {
             return Ok(ChunkOutcome::default());
         };
-        let history_written = bulk::insert_history(&self.stores.pg, &rows)
+        let history_written = self
+            .stores
+            .bulk
+            .insert_history(&rows)
             .await
             .context("writing views and likes to postgres")?;
         let batch = BatchId::from(derived_uuid(&[

@@ -14,13 +14,11 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::Consumer;
 use repositories::clickhouse::Analytics;
-use repositories::postgres::ingest::{PgAssignmentLookup, PgIngestLedger};
-use repositories::postgres::reweight::PgReweightRepository;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::attribution::Attributor;
+use crate::attribution::{Attributor, ClickCap};
 use crate::config::WorkerConfig;
 use crate::consumer::{EventConsumer, Pipeline, PipelineSettings, Sinks};
 use crate::dlq::DeadLetterQueue;
@@ -136,7 +134,7 @@ impl Worker {
 
         let analytics: Analytics = stores.analytics.clone();
         let reweighter = Reweighter {
-            repo: Arc::new(PgReweightRepository::new(stores.pg.clone(), timeout)),
+            repo: Arc::new(stores.reweight_repository(timeout)),
             cohorts: Arc::new(analytics.clone()),
             publisher: Arc::new(stores.redis.clone()),
         };
@@ -167,13 +165,20 @@ impl Worker {
         let producer =
             repositories::kafka::producer(&kafka, 5).context("creating the DLQ producer")?;
         let sinks = Sinks {
-            ledger: Box::new(PgIngestLedger::new(&stores.pg, timeout)),
+            ledger: Box::new(stores.ingest_ledger(timeout)),
             events: Arc::new(analytics),
             dedup: Arc::new(stores.redis.clone()),
             attributor: Attributor::new(
                 config.attribution_cache,
                 Arc::new(stores.redis.clone()),
-                Arc::new(PgAssignmentLookup::new(stores.pg.clone(), timeout)),
+                Arc::new(stores.assignment_lookup(timeout)),
+                ClickCap {
+                    credits: Arc::new(
+                        stores
+                            .click_credits(timeout, Duration::from_secs(config.attribution_ttl_s)),
+                    ),
+                    per_served_movie: config.max_clicks_per_served_movie,
+                },
                 config.attribution_ttl_s,
             ),
             dlq: DeadLetterQueue::new(producer, kafka.dlq_topic.clone(), timeout),

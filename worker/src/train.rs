@@ -20,8 +20,8 @@ use domain::recommend::format::{
 use domain::recommend::item_knn::{ItemKnnModel, ItemKnnParams};
 use domain::recommend::popularity::{PopularityModel, PopularityParams};
 use domain::recommend::{CatalogEntry, Dataset};
-use repositories::postgres::bulk::{self, HistoryEntry};
-use repositories::postgres::models::{self, NewModel};
+use repositories::postgres::bulk::HistoryEntry;
+use repositories::postgres::models::NewModel;
 use repositories::stores::Stores;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -209,7 +209,9 @@ pub async fn train(
     progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<TrainOutcome> {
     let algorithm = AlgorithmKey::parse(args.algorithm.clone())?;
-    let row = models::find_algorithm(&stores.pg, algorithm.as_str())
+    let row = stores
+        .models
+        .find_algorithm(algorithm.as_str())
         .await?
         .with_context(|| format!("no algorithm {algorithm:?} in the algorithms table"))?;
     let kind = kind_of(&row.kind)?;
@@ -224,11 +226,13 @@ pub async fn train(
         .since_days
         .map(|d| Utc::now() - chrono::Duration::days(i64::from(d)));
     let mut rows = Vec::new();
-    bulk::stream_history(&stores.pg, since, |r| rows.push(r))
+    stores
+        .bulk
+        .stream_history(since, |r| rows.push(r))
         .await
         .context("reading history from postgres")?;
     let catalog = if kind == ModelAlgorithm::ColdStart {
-        bulk::load_catalog(&stores.pg).await?
+        stores.bulk.load_catalog().await?
     } else {
         Vec::new()
     };
@@ -311,9 +315,9 @@ pub async fn train(
         .put(&manifest_key, manifest_json, "application/json")
         .await
         .with_context(|| format!("uploading {manifest_key}"))?;
-    models::insert_model(
-        &stores.pg,
-        &NewModel {
+    stores
+        .models
+        .insert_model(&NewModel {
             algorithm_key: algorithm.as_str(),
             version: &version,
             s3_key: &model_key,
@@ -321,10 +325,9 @@ pub async fn train(
             format_version: i32::from(FORMAT_VERSION),
             metrics: serde_json::to_value(&metrics)?,
             manifest: serde_json::to_value(&manifest)?,
-        },
-    )
-    .await
-    .context("registering the model")?;
+        })
+        .await
+        .context("registering the model")?;
     progress(&format!(
         "stored s3://{}/{model_key} (sha256 {})",
         stores.objects.bucket(),
@@ -332,7 +335,9 @@ pub async fn train(
     ));
     let activated = !args.no_activate;
     if activated {
-        models::activate(&stores.pg, algorithm.as_str(), &version)
+        stores
+            .models
+            .activate(algorithm.as_str(), &version)
             .await
             .context("activating the model")?;
         progress(&format!("activated {algorithm} {version}"));

@@ -3,8 +3,6 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use repositories::error::with_timeout;
-use repositories::postgres::experiments as store;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -43,12 +41,7 @@ pub struct AlgorithmList {
     )
 )]
 pub async fn list(_: AdminAccess, State(state): State<AppState>) -> ApiResult<Json<AlgorithmList>> {
-    let rows = with_timeout(
-        "postgres algorithms",
-        state.stores.settings.timeout(),
-        store::algorithms(&state.stores.pg),
-    )
-    .await?;
+    let rows = state.stores.experiments.algorithms().await?;
     Ok(Json(AlgorithmList {
         items: rows
             .into_iter()

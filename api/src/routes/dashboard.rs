@@ -113,12 +113,7 @@ pub async fn experiments(
     _caller: AnalystAccess,
     State(state): State<AppState>,
 ) -> ApiResult<Json<ExperimentSummaries>> {
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT key, status, policy, metric FROM experiments ORDER BY created_at DESC LIMIT 200",
-    )
-    .fetch_all(&state.stores.pg)
-    .await
-    .map_err(repositories::RepoError::from)?;
+    let rows = state.stores.experiments.summaries(200).await?;
     let mut experiments = Vec::with_capacity(rows.len());
     for (key, status, policy, metric) in rows {
         let (headline, headline_tone, srm_mismatch) = match ExperimentKey::parse(key.clone()) {

@@ -18,8 +18,7 @@ use domain::experiment::{
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
 use domain::ports::pipeline::{ArmWeight, PublishedWeights, WeightsPublisher};
 use domain::ValidationError;
-use repositories::error::with_timeout;
-use repositories::postgres::experiments::{self as store, Change, ExperimentRecord};
+use repositories::postgres::experiments::{Change, ExperimentRecord};
 use repositories::RepoError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -339,12 +338,7 @@ fn spec_from(input: NewExperiment) -> Result<(ExperimentSpec, String), Validatio
 /// Every arm must name an algorithm that exists; the error names the first that does not.
 async fn check_algorithms(state: &AppState, arms: &[Arm]) -> ApiResult<()> {
     let keys: Vec<&str> = arms.iter().map(|a| a.algorithm.as_str()).collect();
-    let known = with_timeout(
-        "postgres algorithms",
-        state.stores.settings.timeout(),
-        store::existing_algorithms(&state.stores.pg, &keys),
-    )
-    .await?;
+    let known = state.stores.experiments.existing_algorithms(&keys).await?;
     match arms
         .iter()
         .position(|a| !known.contains(a.algorithm.as_str()))
@@ -413,16 +407,15 @@ pub async fn create(
     let (spec, description) = spec_from(input)?;
     let experiment = Experiment::new(spec)?;
     check_algorithms(&state, experiment.arms()).await?;
-    let created = with_timeout(
-        "postgres create experiment",
-        state.stores.settings.timeout(),
-        store::create(&state.stores.pg, &experiment, &description),
-    )
-    .await
-    .map_err(|e| match e {
-        RepoError::Conflict(message) => ApiError::conflict("key", message),
-        e => e.into(),
-    })?;
+    let created = state
+        .stores
+        .experiments
+        .create(&experiment, &description)
+        .await
+        .map_err(|e| match e {
+            RepoError::Conflict(message) => ApiError::conflict("key", message),
+            e => e.into(),
+        })?;
     publish(&state, &created.experiment, "create").await;
     Ok((StatusCode::CREATED, Json((&created).into())))
 }
@@ -447,13 +440,12 @@ pub async fn get(
     ApiPath(key): ApiPath<String>,
 ) -> ApiResult<Json<ExperimentView>> {
     let key = parse_key(key)?;
-    let record = with_timeout(
-        "postgres get experiment",
-        state.stores.settings.timeout(),
-        store::get(&state.stores.pg, key.as_str()),
-    )
-    .await?
-    .ok_or_else(|| unknown(&key))?;
+    let record = state
+        .stores
+        .experiments
+        .get(key.as_str())
+        .await?
+        .ok_or_else(|| unknown(&key))?;
     Ok(Json((&record).into()))
 }
 
@@ -488,12 +480,7 @@ pub async fn list(
         ));
     }
     let offset = page.offset.unwrap_or(0);
-    let (records, more) = with_timeout(
-        "postgres list experiments",
-        state.stores.settings.timeout(),
-        store::list(&state.stores.pg, status, limit, offset),
-    )
-    .await?;
+    let (records, more) = state.stores.experiments.list(status, limit, offset).await?;
     Ok(Json(ExperimentList {
         items: records.iter().map(ExperimentView::from).collect(),
         next_offset: more.then_some(offset + limit),
@@ -507,13 +494,12 @@ async fn transition(
     reason: &str,
 ) -> ApiResult<Json<ExperimentView>> {
     let key = parse_key(key)?;
-    let change = with_timeout(
-        "postgres experiment status",
-        state.stores.settings.timeout(),
-        store::set_status(&state.stores.pg, key.as_str(), next),
-    )
-    .await?
-    .ok_or_else(|| unknown(&key))?;
+    let change = state
+        .stores
+        .experiments
+        .set_status(key.as_str(), next)
+        .await?
+        .ok_or_else(|| unknown(&key))?;
     match change {
         Change::Done(record) => {
             publish(state, &record.experiment, reason).await;
@@ -598,17 +584,16 @@ pub async fn replace_arms(
     let key = parse_key(key)?;
     let arms = arms_from(input.arms)?;
     check_algorithms(&state, &arms).await?;
-    let change = with_timeout(
-        "postgres replace arms",
-        state.stores.settings.timeout(),
-        store::replace_arms(&state.stores.pg, key.as_str(), arms),
-    )
-    .await
-    .map_err(|e| match e {
-        RepoError::Conflict(message) => ApiError::conflict("arms", message),
-        e => e.into(),
-    })?
-    .ok_or_else(|| unknown(&key))?;
+    let change = state
+        .stores
+        .experiments
+        .replace_arms(key.as_str(), arms)
+        .await
+        .map_err(|e| match e {
+            RepoError::Conflict(message) => ApiError::conflict("arms", message),
+            e => e.into(),
+        })?
+        .ok_or_else(|| unknown(&key))?;
     match change {
         Change::Done(record) => {
             publish(&state, &record.experiment, "arms").await;
@@ -648,21 +633,17 @@ pub async fn weights(
             format!("must be between 1 and {MAX_HISTORY}"),
         ));
     }
-    let timeout = state.stores.settings.timeout();
-    let pg = &state.stores.pg;
-    with_timeout(
-        "postgres get experiment",
-        timeout,
-        store::get(pg, key.as_str()),
-    )
-    .await?
-    .ok_or_else(|| unknown(&key))?;
-    let rows = with_timeout(
-        "postgres weight history",
-        timeout,
-        store::weight_history(pg, key.as_str(), limit),
-    )
-    .await?;
+    state
+        .stores
+        .experiments
+        .get(key.as_str())
+        .await?
+        .ok_or_else(|| unknown(&key))?;
+    let rows = state
+        .stores
+        .experiments
+        .weight_history(key.as_str(), limit)
+        .await?;
     // Rows arrive grouped by snapshot, newest first; keep that order.
     let mut snapshots: Vec<WeightSnapshot> = Vec::new();
     let mut index: HashMap<(DateTime<Utc>, String), usize> = HashMap::new();

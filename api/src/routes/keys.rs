@@ -4,8 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use repositories::error::with_timeout;
-use repositories::postgres::api_keys::{self, Role};
+use repositories::postgres::api_keys::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -66,12 +65,7 @@ pub async fn create(
         ));
     }
     domain::ValidationError::check_storable("name", &input.name)?;
-    let (id, key) = with_timeout(
-        "postgres create key",
-        state.stores.settings.timeout(),
-        api_keys::create(&state.stores.pg, role, &input.name),
-    )
-    .await?;
+    let (id, key) = state.stores.api_keys.create(role, &input.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -102,16 +96,15 @@ pub async fn revoke(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let hash = with_timeout(
-        "postgres revoke key",
-        state.stores.settings.timeout(),
-        api_keys::revoke(&state.stores.pg, id),
-    )
-    .await
-    .map_err(|e| match e {
-        repositories::RepoError::NotFound(what) => ApiError::not_found("id", what),
-        e => e.into(),
-    })?;
+    let hash = state
+        .stores
+        .api_keys
+        .revoke(id)
+        .await
+        .map_err(|e| match e {
+            repositories::RepoError::NotFound(what) => ApiError::not_found("id", what),
+            e => e.into(),
+        })?;
     // This replica refuses the key now; the others when they hear of it, or
     // at worst when their cached lookup expires (Redis down).
     state.keys.revoke_hash(&hash);

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::ids::AlgorithmKey;
-use repositories::postgres::models::{self, ModelRow};
+use repositories::postgres::models::ModelRow;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -110,7 +110,7 @@ pub async fn list_models(
         .algorithm
         .map(|a| AlgorithmKey::parse_field("algorithm", a))
         .transpose()?;
-    let rows = models::list_models(&state.stores.pg).await?;
+    let rows = state.stores.models.list_models().await?;
     let models = rows
         .into_iter()
         .filter(|r| only.as_ref().is_none_or(|a| a.as_str() == r.algorithm_key))
@@ -148,7 +148,11 @@ pub async fn activate_model(
             "must be 1 to 64 printable ASCII characters",
         ));
     }
-    let row = models::activate(&state.stores.pg, algorithm.as_str(), &version).await?;
+    let row = state
+        .stores
+        .models
+        .activate(algorithm.as_str(), &version)
+        .await?;
     tracing::info!(%algorithm, %version, "model activated");
     Ok(Json(ModelVersion::from(row)))
 }

@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use domain::ids::MovieId;
 use domain::recommend::CatalogEntry;
 use domain::ValidationError;
-use repositories::error::with_timeout;
-use repositories::postgres::catalog::{self, MovieRecord};
+use repositories::postgres::catalog::MovieRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -177,17 +176,15 @@ pub async fn create(
     ApiJson(input): ApiJson<MovieInput>,
 ) -> ApiResult<(StatusCode, Json<Movie>)> {
     let movie = entry(input, "")?;
-    let timeout = state.stores.settings.timeout();
-    let stored = with_timeout(
-        "postgres create movie",
-        timeout,
-        catalog::create_movie(&state.stores.pg, &movie),
-    )
-    .await
-    .map_err(|e| match e {
-        repositories::RepoError::Conflict(message) => ApiError::conflict("id", message),
-        e => e.into(),
-    })?;
+    let stored = state
+        .stores
+        .catalog
+        .create_movie(&movie)
+        .await
+        .map_err(|e| match e {
+            repositories::RepoError::Conflict(message) => ApiError::conflict("id", message),
+            e => e.into(),
+        })?;
     Ok((StatusCode::CREATED, Json(stored.into())))
 }
 
@@ -230,12 +227,7 @@ pub async fn bulk_upsert(
         }
         movies.push(movie);
     }
-    let counts = with_timeout(
-        "postgres upsert movies",
-        state.stores.settings.timeout(),
-        catalog::upsert_movies(&state.stores.pg, &movies),
-    )
-    .await?;
+    let counts = state.stores.catalog.upsert_movies(&movies).await?;
     Ok(Json(BulkResult {
         received,
         inserted: counts.inserted,
@@ -264,13 +256,12 @@ pub async fn get(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Movie>> {
     let id = MovieId::parse_field("id", id)?;
-    let movie = with_timeout(
-        "postgres get movie",
-        state.stores.settings.timeout(),
-        catalog::get_movie(&state.stores.pg, id.get()),
-    )
-    .await?
-    .ok_or_else(|| ApiError::not_found("id", format!("movie {id}")))?;
+    let movie = state
+        .stores
+        .catalog
+        .get_movie(id.get())
+        .await?
+        .ok_or_else(|| ApiError::not_found("id", format!("movie {id}")))?;
     Ok(Json(movie.into()))
 }
 
@@ -302,12 +293,7 @@ pub async fn list(
     if page.after.is_some_and(|a| a < 0) {
         return Err(ApiError::bad_request("after", "must not be negative"));
     }
-    let (rows, more) = with_timeout(
-        "postgres list movies",
-        state.stores.settings.timeout(),
-        catalog::list_movies(&state.stores.pg, page.after, limit),
-    )
-    .await?;
+    let (rows, more) = state.stores.catalog.list_movies(page.after, limit).await?;
     let next_after = more.then(|| rows.last().map(|m| m.id)).flatten();
     Ok(Json(MovieList {
         items: rows.into_iter().map(Movie::from).collect(),

@@ -14,6 +14,7 @@ use domain::results::{
 };
 use domain::stats::{ArmCounts, Metric};
 use repositories::clickhouse::results::{arm_totals_of, date_from_days, DayWindow};
+use repositories::postgres::experiments::ResultsContext;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -63,25 +64,6 @@ pub struct ResultsResponse {
     #[schema(value_type = Object)]
     pub report: ResultsReport,
     pub weight_history: Vec<WeightChange>,
-}
-
-#[derive(sqlx::FromRow)]
-struct ExperimentRow {
-    key: String,
-    status: String,
-    policy: String,
-    metric: String,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    outcome_window_days: Option<i16>,
-}
-
-#[derive(sqlx::FromRow)]
-struct ArmRow {
-    arm_key: String,
-    algorithm_key: String,
-    weight: f64,
-    is_control: bool,
 }
 
 fn parse_day(field: &str, value: &str) -> ApiResult<NaiveDate> {
@@ -143,31 +125,17 @@ pub async fn load_results(
     // Bad input is reported before any lookup, so the answer does not depend on what exists.
     let from_given = from.map(|f| parse_day("from", f)).transpose()?;
     let to_given = to.map(|t| parse_day("to", t)).transpose()?;
-    let pg = &state.stores.pg;
-    let experiment: ExperimentRow = sqlx::query_as(
-        "SELECT key, status, policy, metric, created_at, started_at, outcome_window_days \
-         FROM experiments WHERE key = $1",
-    )
-    .bind(key.as_str())
-    .fetch_optional(pg)
-    .await
-    .map_err(repositories::RepoError::from)?
-    .ok_or_else(|| ApiError::not_found("key", format!("experiment {key}")))?;
-    let arms: Vec<ArmRow> = sqlx::query_as(
-        "SELECT arm_key, algorithm_key, weight, is_control FROM arms WHERE experiment_key = $1 ORDER BY position, arm_key",
-    )
-    .bind(key.as_str())
-    .fetch_all(pg)
-    .await
-    .map_err(repositories::RepoError::from)?;
-    let periods = repositories::postgres::experiments::weight_periods(pg, key.as_str()).await?;
-    let history: Vec<(String, f64, DateTime<Utc>, String)> = sqlx::query_as(
-        "SELECT arm_key, weight, computed_at, reason FROM weight_history WHERE experiment_key = $1 ORDER BY computed_at, arm_key",
-    )
-    .bind(key.as_str())
-    .fetch_all(pg)
-    .await
-    .map_err(repositories::RepoError::from)?;
+    let ResultsContext {
+        experiment,
+        arms,
+        periods,
+        history,
+    } = state
+        .stores
+        .experiments
+        .results_context(key.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("key", format!("experiment {key}")))?;
 
     let default_from = experiment
         .started_at
@@ -309,11 +277,11 @@ pub async fn load_results(
         report,
         weight_history: history
             .into_iter()
-            .map(|(arm, weight, computed_at, reason)| WeightChange {
-                arm,
-                weight,
-                computed_at,
-                reason,
+            .map(|row| WeightChange {
+                arm: row.arm_key,
+                weight: row.weight,
+                computed_at: row.computed_at,
+                reason: row.reason,
             })
             .collect(),
     })

@@ -4,8 +4,6 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::ids::UserId;
-use repositories::error::with_timeout;
-use repositories::postgres::catalog;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -89,12 +87,11 @@ pub async fn history(
             format!("must be at most {MAX_OFFSET}"),
         ));
     }
-    let (rows, more) = with_timeout(
-        "postgres user history",
-        state.stores.settings.timeout(),
-        catalog::user_history(&state.stores.pg, user.as_str(), limit, offset),
-    )
-    .await?;
+    let (rows, more) = state
+        .stores
+        .catalog
+        .user_history(user.as_str(), limit, offset)
+        .await?;
     let next_offset = more.then_some(offset + limit);
     Ok(Json(History {
         user_id: user.to_string(),

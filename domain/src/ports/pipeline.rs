@@ -99,6 +99,8 @@ pub enum AttributionRefusal {
     OtherUser,
     /// A click on a movie the list did not contain.
     MovieNotServed,
+    /// A click beyond the cap of clicks credited per (served list, movie).
+    ClickCap,
 }
 
 impl AttributionRefusal {
@@ -107,6 +109,7 @@ impl AttributionRefusal {
         match self {
             Self::OtherUser => "other_user",
             Self::MovieNotServed => "movie_not_served",
+            Self::ClickCap => "click_cap",
         }
     }
 }
@@ -247,6 +250,24 @@ pub trait AttributionStore: Send + Sync {
     async fn put(&self, lists: &[(RequestId, ServedList)], ttl_s: u64) -> Result<(), StoreError>;
     /// One answer per id: `None` when unknown or expired.
     async fn get_many(&self, ids: &[RequestId]) -> Result<Vec<Option<ServedList>>, StoreError>;
+}
+
+/// A click credited to a served list: which list, which movie, which event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClickCredit {
+    pub request_id: RequestId,
+    pub movie_id: MovieId,
+    pub event_id: EventId,
+}
+
+/// The clicks credited per (served list, movie), durable and shared by every
+/// worker: one list cannot be clicked into any CTR by repeating a click.
+#[async_trait]
+pub trait ClickCredits: Send + Sync {
+    /// For each of `clicks`, whether it is among the first `cap` distinct
+    /// events ever credited to its (request, movie). Idempotent: an event
+    /// presented again (a retried batch, a redelivery) gets the same answer.
+    async fn admit(&self, clicks: &[ClickCredit], cap: u32) -> Result<Vec<bool>, StoreError>;
 }
 
 /// A user's sticky arm in one running experiment.

@@ -370,11 +370,20 @@ impl Analytics {
         let starts = start_seconds(starts);
         let from = bound_seconds(window.first_exposed_from, 0);
         let before = bound_seconds(window.first_exposed_before, u32::MAX);
+        // Over the whole run no bound applies, and ClickHouse need not
+        // finalize every user's first exposure twice to test it.
+        let bounded = window.first_exposed_from.is_some() || window.first_exposed_before.is_some();
+        let bound = if bounded {
+            " AND first >= ? AND first < ?"
+        } else {
+            ""
+        };
         let per_user = match window.outcome_window_days {
-            None => "SELECT arm_key, impressions AS i, clicks AS c, conversions AS cv, views AS v, \
-                       likes AS l, toUInt32(finalizeAggregation(first_seen)) AS first \
-                     FROM arm_user_cohort FINAL WHERE experiment_key = ? AND first >= ? AND first < ?"
-                .to_owned(),
+            None => format!(
+                "SELECT arm_key, impressions AS i, clicks AS c, conversions AS cv, views AS v, \
+                   likes AS l, toUInt32(finalizeAggregation(first_seen)) AS first \
+                 FROM arm_user_cohort FINAL WHERE experiment_key = ?{bound}"
+            ),
             Some(_) => "SELECT k, any(arm_key) AS arm_key, sum(impressions) AS i, sum(clicks) AS c, \
                        sum(conversions) AS cv, sum(views) AS v, sum(likes) AS l, any(f1) AS first \
                      FROM (SELECT cityHash64(arm_key, user_id) AS k, arm_key, day, impressions, clicks, \
@@ -384,8 +393,8 @@ impl Analytics {
                        SELECT cityHash64(arm_key, user_id) AS k, toUInt32(finalizeAggregation(first_seen)) AS f1 \
                        FROM arm_user_first FINAL WHERE experiment_key = ?) USING (k) \
                      WHERE day < toDate(toDateTime(f1)) + ? \
-                     GROUP BY k HAVING first >= ? AND first < ?"
-                .to_owned(),
+                     GROUP BY k{having}"
+                .replace("{having}", &bound.replacen(" AND", " HAVING", 1)),
         };
         let sql = format!(
             "SELECT toUInt64({period}) AS period, arm_key, count() AS users, sum(i) AS impressions, \
@@ -410,7 +419,9 @@ impl Analytics {
         if let Some(days) = window.outcome_window_days {
             query = query.bind(experiment.as_str()).bind(u32::from(days));
         }
-        query = query.bind(from).bind(before);
+        if bounded {
+            query = query.bind(from).bind(before);
+        }
         crate::error::with_timeout("clickhouse cohorts", self.timeout(), query.fetch_all()).await
     }
 }

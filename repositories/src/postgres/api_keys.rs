@@ -4,6 +4,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Db;
 use crate::{RepoError, RepoResult};
 
 /// What a key may do. `admin` may do everything; `analyst` reads results;
@@ -63,7 +64,7 @@ pub fn generate_key(role: Role) -> String {
 }
 
 /// Store a new key and return it in clear text: the only time it is visible.
-pub async fn create(pool: &PgPool, role: Role, name: &str) -> RepoResult<(Uuid, String)> {
+async fn create(pool: &PgPool, role: Role, name: &str) -> RepoResult<(Uuid, String)> {
     let key = generate_key(role);
     let id = Uuid::new_v4();
     sqlx::query("INSERT INTO api_keys (id, hash, role, name) VALUES ($1, $2, $3, $4)")
@@ -77,7 +78,7 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> RepoResult<(Uuid, 
 }
 
 /// The unrevoked key with this clear text, if any.
-pub async fn find(pool: &PgPool, key: &str) -> RepoResult<Option<StoredKey>> {
+async fn find(pool: &PgPool, key: &str) -> RepoResult<Option<StoredKey>> {
     let row: Option<(Uuid, String)> =
         sqlx::query_as("SELECT id, role FROM api_keys WHERE hash = $1 AND revoked_at IS NULL")
             .bind(hash_key(key))
@@ -92,7 +93,7 @@ pub async fn find(pool: &PgPool, key: &str) -> RepoResult<Option<StoredKey>> {
 }
 
 /// Whether any admin key is in force: the bootstrap admin key retires once one is.
-pub async fn admin_key_exists(pool: &PgPool) -> RepoResult<bool> {
+async fn admin_key_exists(pool: &PgPool) -> RepoResult<bool> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL)",
     )
@@ -103,7 +104,7 @@ pub async fn admin_key_exists(pool: &PgPool) -> RepoResult<bool> {
 
 /// Revoke a key by id, returning its stored hash (what the api replicas are
 /// told, so they refuse it at once).
-pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<String> {
+async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<String> {
     let hash: Option<String> = sqlx::query_scalar(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING hash",
     )
@@ -111,4 +112,52 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> RepoResult<String> {
     .fetch_optional(pool)
     .await?;
     hash.ok_or_else(|| RepoError::NotFound(format!("api key {id}")))
+}
+
+/// Client, analyst and admin keys.
+#[derive(Debug, Clone)]
+pub struct ApiKeys {
+    db: Db,
+}
+
+impl ApiKeys {
+    pub fn new(pool: PgPool, timeout: std::time::Duration) -> Self {
+        Self {
+            db: Db::new(pool, timeout),
+        }
+    }
+
+    /// The same keys with another bound per call: key lookups sit on every
+    /// request's path and must give up sooner than admin writes.
+    pub fn bounded_by(&self, timeout: std::time::Duration) -> Self {
+        Self {
+            db: Db::new(self.db.pool.clone(), timeout),
+        }
+    }
+
+    /// A new key of `role`: its id and the key itself, shown once.
+    pub async fn create(&self, role: Role, name: &str) -> RepoResult<(Uuid, String)> {
+        self.db
+            .bounded("postgres create api key", create(&self.db.pool, role, name))
+            .await
+    }
+
+    pub async fn find(&self, key: &str) -> RepoResult<Option<StoredKey>> {
+        self.db
+            .bounded("postgres find api key", find(&self.db.pool, key))
+            .await
+    }
+
+    pub async fn admin_key_exists(&self) -> RepoResult<bool> {
+        self.db
+            .bounded("postgres admin key exists", admin_key_exists(&self.db.pool))
+            .await
+    }
+
+    /// Revoke key `id`; answers its hash, which replicas evict from their caches.
+    pub async fn revoke(&self, id: Uuid) -> RepoResult<String> {
+        self.db
+            .bounded("postgres revoke api key", revoke(&self.db.pool, id))
+            .await
+    }
 }

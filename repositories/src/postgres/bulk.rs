@@ -12,6 +12,7 @@ use futures::TryStreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Db;
 use crate::RepoResult;
 
 /// One history row as it is written: a view or a like with its event id.
@@ -35,7 +36,7 @@ pub struct HistoryEntry {
 
 /// Insert movies, or refresh title, year and genres of the ones that exist
 /// (an import is a catalog sync). Returns the rows written.
-pub async fn upsert_movies(pool: &PgPool, movies: &[CatalogEntry]) -> RepoResult<u64> {
+async fn upsert_movies(pool: &PgPool, movies: &[CatalogEntry]) -> RepoResult<u64> {
     if movies.is_empty() {
         return Ok(0);
     }
@@ -65,7 +66,7 @@ pub async fn upsert_movies(pool: &PgPool, movies: &[CatalogEntry]) -> RepoResult
 }
 
 /// Insert users that do not exist yet; returns how many were new.
-pub async fn insert_users(pool: &PgPool, users: &[String]) -> RepoResult<u64> {
+async fn insert_users(pool: &PgPool, users: &[String]) -> RepoResult<u64> {
     if users.is_empty() {
         return Ok(0);
     }
@@ -79,7 +80,7 @@ pub async fn insert_users(pool: &PgPool, users: &[String]) -> RepoResult<u64> {
 }
 
 /// Insert views and likes whose event id is new; returns how many were new.
-pub async fn insert_history(pool: &PgPool, rows: &[HistoryRow]) -> RepoResult<u64> {
+async fn insert_history(pool: &PgPool, rows: &[HistoryRow]) -> RepoResult<u64> {
     #[derive(Default)]
     struct Columns {
         ids: Vec<Uuid>,
@@ -131,7 +132,7 @@ pub async fn insert_history(pool: &PgPool, rows: &[HistoryRow]) -> RepoResult<u6
 }
 
 /// The whole catalog, by id.
-pub async fn load_catalog(pool: &PgPool) -> RepoResult<Vec<CatalogEntry>> {
+async fn load_catalog(pool: &PgPool) -> RepoResult<Vec<CatalogEntry>> {
     let rows: Vec<(i64, String, Option<i32>, Vec<String>)> =
         sqlx::query_as("SELECT id, title, year, genres FROM movies ORDER BY id")
             .fetch_all(pool)
@@ -152,7 +153,7 @@ pub async fn load_catalog(pool: &PgPool) -> RepoResult<Vec<CatalogEntry>> {
 
 /// Every view and like since `since` (all history when `None`), streamed into
 /// `sink` in no particular order so the caller never holds rows twice.
-pub async fn stream_history(
+async fn stream_history(
     pool: &PgPool,
     since: Option<DateTime<Utc>>,
     mut sink: impl FnMut(HistoryEntry),
@@ -183,7 +184,7 @@ pub async fn stream_history(
 }
 
 /// Time of the newest view or like, if there is any history.
-pub async fn newest_interaction(pool: &PgPool) -> RepoResult<Option<DateTime<Utc>>> {
+async fn newest_interaction(pool: &PgPool) -> RepoResult<Option<DateTime<Utc>>> {
     let newest: Option<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT max(ts) FROM (SELECT max(ts) AS ts FROM views \
          UNION ALL SELECT max(ts) FROM likes) AS t",
@@ -195,7 +196,7 @@ pub async fn newest_interaction(pool: &PgPool) -> RepoResult<Option<DateTime<Utc
 
 /// Users with a view or like at or after `since`, with every movie they ever
 /// viewed or liked (the movies their lists must not repeat).
-pub async fn active_users_with_history(
+async fn active_users_with_history(
     pool: &PgPool,
     since: DateTime<Utc>,
 ) -> RepoResult<Vec<(String, Vec<i64>)>> {
@@ -213,4 +214,89 @@ pub async fn active_users_with_history(
     .fetch_all(pool)
     .await?;
     Ok(rows)
+}
+
+/// The catalogue and the view/like history in volume, for seeding, imports
+/// and training. Each call may move millions of rows, so its bound is long:
+/// it is there for a server that hangs, not for a query that is slow.
+#[derive(Debug, Clone)]
+pub struct BulkHistory {
+    db: Db,
+}
+
+impl BulkHistory {
+    pub fn new(pool: PgPool, timeout: std::time::Duration) -> Self {
+        Self {
+            db: Db::new(pool, timeout),
+        }
+    }
+
+    /// Rows written of `movies` (new or changed).
+    pub async fn upsert_movies(&self, movies: &[CatalogEntry]) -> RepoResult<u64> {
+        self.db
+            .bounded(
+                "postgres bulk upsert movies",
+                upsert_movies(&self.db.pool, movies),
+            )
+            .await
+    }
+
+    pub async fn insert_users(&self, users: &[String]) -> RepoResult<u64> {
+        self.db
+            .bounded(
+                "postgres bulk insert users",
+                insert_users(&self.db.pool, users),
+            )
+            .await
+    }
+
+    pub async fn insert_history(&self, rows: &[HistoryRow]) -> RepoResult<u64> {
+        self.db
+            .bounded(
+                "postgres bulk insert history",
+                insert_history(&self.db.pool, rows),
+            )
+            .await
+    }
+
+    pub async fn load_catalog(&self) -> RepoResult<Vec<CatalogEntry>> {
+        self.db
+            .bounded("postgres load catalog", load_catalog(&self.db.pool))
+            .await
+    }
+
+    /// Every history entry since `since` (all with `None`) into `sink`; answers the count.
+    pub async fn stream_history(
+        &self,
+        since: Option<DateTime<Utc>>,
+        sink: impl FnMut(HistoryEntry),
+    ) -> RepoResult<u64> {
+        self.db
+            .bounded(
+                "postgres stream history",
+                stream_history(&self.db.pool, since, sink),
+            )
+            .await
+    }
+
+    pub async fn newest_interaction(&self) -> RepoResult<Option<DateTime<Utc>>> {
+        self.db
+            .bounded(
+                "postgres newest interaction",
+                newest_interaction(&self.db.pool),
+            )
+            .await
+    }
+
+    pub async fn active_users_with_history(
+        &self,
+        since: DateTime<Utc>,
+    ) -> RepoResult<Vec<(String, Vec<i64>)>> {
+        self.db
+            .bounded(
+                "postgres active users",
+                active_users_with_history(&self.db.pool, since),
+            )
+            .await
+    }
 }

@@ -9,6 +9,7 @@ use domain::recommend::CatalogEntry;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Db;
 use crate::{RepoError, RepoResult};
 
 /// A movie as stored.
@@ -34,7 +35,7 @@ pub struct UpsertCounts {
 const MOVIE_COLUMNS: &str = "id, title, year, genres, created_at, updated_at";
 
 /// Insert one movie; `Conflict` when the id is taken (use the bulk upsert to overwrite).
-pub async fn create_movie(pool: &PgPool, movie: &CatalogEntry) -> RepoResult<MovieRecord> {
+async fn create_movie(pool: &PgPool, movie: &CatalogEntry) -> RepoResult<MovieRecord> {
     let row: Option<MovieRecord> = sqlx::query_as(&format!(
         "INSERT INTO movies (id, title, year, genres) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING RETURNING {MOVIE_COLUMNS}"
@@ -50,7 +51,7 @@ pub async fn create_movie(pool: &PgPool, movie: &CatalogEntry) -> RepoResult<Mov
 
 /// Insert or overwrite movies in one statement. Ids must be distinct within
 /// the batch (PostgreSQL refuses to update one row twice in a statement).
-pub async fn upsert_movies(pool: &PgPool, movies: &[CatalogEntry]) -> RepoResult<UpsertCounts> {
+async fn upsert_movies(pool: &PgPool, movies: &[CatalogEntry]) -> RepoResult<UpsertCounts> {
     if movies.is_empty() {
         return Ok(UpsertCounts::default());
     }
@@ -90,7 +91,7 @@ pub async fn upsert_movies(pool: &PgPool, movies: &[CatalogEntry]) -> RepoResult
     })
 }
 
-pub async fn get_movie(pool: &PgPool, id: i64) -> RepoResult<Option<MovieRecord>> {
+async fn get_movie(pool: &PgPool, id: i64) -> RepoResult<Option<MovieRecord>> {
     Ok(
         sqlx::query_as(&format!("SELECT {MOVIE_COLUMNS} FROM movies WHERE id = $1"))
             .bind(id)
@@ -102,7 +103,7 @@ pub async fn get_movie(pool: &PgPool, id: i64) -> RepoResult<Option<MovieRecord>
 /// Movies in id order after `after` (keyset paging: stable under concurrent
 /// inserts and as cheap on the last page as on the first). Fetches one extra
 /// row so the caller knows whether another page exists.
-pub async fn list_movies(
+async fn list_movies(
     pool: &PgPool,
     after: Option<i64>,
     limit: u32,
@@ -134,7 +135,7 @@ pub struct HistoryItem {
 
 /// A user's views and likes, newest first (ties broken by event id so pages
 /// never overlap). Fetches one extra row to tell whether more exist.
-pub async fn user_history(
+async fn user_history(
     pool: &PgPool,
     user_id: &str,
     limit: u32,
@@ -156,4 +157,66 @@ pub async fn user_history(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     Ok((rows, more))
+}
+
+/// The catalogue and users' histories as requests read and write them.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    db: Db,
+}
+
+impl Catalog {
+    pub fn new(pool: PgPool, timeout: std::time::Duration) -> Self {
+        Self {
+            db: Db::new(pool, timeout),
+        }
+    }
+
+    pub async fn create_movie(&self, movie: &CatalogEntry) -> RepoResult<MovieRecord> {
+        self.db
+            .bounded("postgres create movie", create_movie(&self.db.pool, movie))
+            .await
+    }
+
+    pub async fn upsert_movies(&self, movies: &[CatalogEntry]) -> RepoResult<UpsertCounts> {
+        self.db
+            .bounded(
+                "postgres upsert movies",
+                upsert_movies(&self.db.pool, movies),
+            )
+            .await
+    }
+
+    pub async fn get_movie(&self, id: i64) -> RepoResult<Option<MovieRecord>> {
+        self.db
+            .bounded("postgres get movie", get_movie(&self.db.pool, id))
+            .await
+    }
+
+    pub async fn list_movies(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> RepoResult<(Vec<MovieRecord>, bool)> {
+        self.db
+            .bounded(
+                "postgres list movies",
+                list_movies(&self.db.pool, after, limit),
+            )
+            .await
+    }
+
+    pub async fn user_history(
+        &self,
+        user_id: &str,
+        limit: u32,
+        offset: u32,
+    ) -> RepoResult<(Vec<HistoryItem>, bool)> {
+        self.db
+            .bounded(
+                "postgres user history",
+                user_history(&self.db.pool, user_id, limit, offset),
+            )
+            .await
+    }
 }

@@ -14,6 +14,7 @@ use domain::ValidationError;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::reweight::{build, ArmRow, ExperimentRow};
+use super::Db;
 use crate::{RepoError, RepoResult};
 
 /// A stored experiment: the validated domain value and what only storage knows.
@@ -144,7 +145,7 @@ fn foreign_key_as_conflict(e: sqlx::Error) -> RepoError {
 }
 
 /// Store a new experiment with its arms; `Conflict` when the key is taken.
-pub async fn create(
+async fn create(
     pool: &PgPool,
     experiment: &Experiment,
     description: &str,
@@ -204,7 +205,7 @@ async fn lock(
     record(row, &own).map(Some)
 }
 
-pub async fn get(pool: &PgPool, key: &str) -> RepoResult<Option<ExperimentRecord>> {
+async fn get(pool: &PgPool, key: &str) -> RepoResult<Option<ExperimentRecord>> {
     let row: Option<Row> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM experiments WHERE key = $1"))
             .bind(key)
@@ -218,7 +219,7 @@ pub async fn get(pool: &PgPool, key: &str) -> RepoResult<Option<ExperimentRecord
 
 /// Experiments newest first, optionally of one status; one extra row tells
 /// whether another page exists.
-pub async fn list(
+async fn list(
     pool: &PgPool,
     status: Option<ExperimentStatus>,
     limit: u32,
@@ -260,7 +261,7 @@ pub enum Change {
 /// starting weights in `weight_history` (reason `start`) and resets the
 /// reweight clock so the bandit first acts one interval after traffic begins;
 /// stopping stamps `stopped_at`. `None` when the experiment does not exist.
-pub async fn set_status(
+async fn set_status(
     pool: &PgPool,
     key: &str,
     next: ExperimentStatus,
@@ -328,7 +329,7 @@ pub async fn set_status(
 /// against the locked current row (its salt, coverage, floor), so the check
 /// and the write see the same state; anything but a draft is `Refused`
 /// (its users have been assigned by the current arms).
-pub async fn replace_arms(pool: &PgPool, key: &str, arms: Vec<Arm>) -> RepoResult<Option<Change>> {
+async fn replace_arms(pool: &PgPool, key: &str, arms: Vec<Arm>) -> RepoResult<Option<Change>> {
     let mut tx = pool.begin().await?;
     let Some(current) = lock(&mut tx, key).await? else {
         return Ok(None);
@@ -370,7 +371,7 @@ pub struct WeightRow {
 
 /// The weight history's newest `limit` snapshots (a snapshot = the rows of one
 /// `computed_at` and reason), newest first, arms in bucket order.
-pub async fn weight_history(pool: &PgPool, key: &str, limit: u32) -> RepoResult<Vec<WeightRow>> {
+async fn weight_history(pool: &PgPool, key: &str, limit: u32) -> RepoResult<Vec<WeightRow>> {
     Ok(sqlx::query_as(
         "WITH snapshots AS ( \
              SELECT DISTINCT computed_at, reason FROM weight_history WHERE experiment_key = $1 \
@@ -388,7 +389,7 @@ pub async fn weight_history(pool: &PgPool, key: &str, limit: u32) -> RepoResult<
 }
 
 /// An experiment's periods of constant weights, oldest first.
-pub async fn weight_periods(pool: &PgPool, key: &str) -> RepoResult<Vec<WeightPeriod>> {
+async fn weight_periods(pool: &PgPool, key: &str) -> RepoResult<Vec<WeightPeriod>> {
     let history: Vec<WeightHistoryEntry> = super::reweight::history_of(pool, &[key])
         .await?
         .into_iter()
@@ -408,7 +409,7 @@ pub struct AlgorithmRecord {
     pub active_model_version: Option<String>,
 }
 
-pub async fn algorithms(pool: &PgPool) -> RepoResult<Vec<AlgorithmRecord>> {
+async fn algorithms(pool: &PgPool) -> RepoResult<Vec<AlgorithmRecord>> {
     Ok(sqlx::query_as(
         "SELECT a.key, a.kind, a.description, a.params, a.created_at, m.version AS active_model_version \
          FROM algorithms a LEFT JOIN models m ON m.algorithm_key = a.key AND m.status = 'active' \
@@ -419,10 +420,216 @@ pub async fn algorithms(pool: &PgPool) -> RepoResult<Vec<AlgorithmRecord>> {
 }
 
 /// Which of `keys` name existing algorithms.
-pub async fn existing_algorithms(pool: &PgPool, keys: &[&str]) -> RepoResult<HashSet<String>> {
+async fn existing_algorithms(pool: &PgPool, keys: &[&str]) -> RepoResult<HashSet<String>> {
     let found: Vec<String> = sqlx::query_scalar("SELECT key FROM algorithms WHERE key = ANY($1)")
         .bind(keys)
         .fetch_all(pool)
         .await?;
     Ok(found.into_iter().collect())
+}
+
+/// An experiment as its results name it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResultsExperiment {
+    pub key: String,
+    pub status: String,
+    pub policy: String,
+    pub metric: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub outcome_window_days: Option<i16>,
+}
+
+/// An arm as its results show it, in display order.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResultsArm {
+    pub arm_key: String,
+    pub algorithm_key: String,
+    pub weight: f64,
+    pub is_control: bool,
+}
+
+/// One arm's weight from one reweight (or the start), oldest first.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WeightChangeRow {
+    pub arm_key: String,
+    pub weight: f64,
+    pub computed_at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What PostgreSQL holds for one experiment's results: the experiment, its
+/// arms, its weight periods and every weight it has had.
+#[derive(Debug, Clone)]
+pub struct ResultsContext {
+    pub experiment: ResultsExperiment,
+    pub arms: Vec<ResultsArm>,
+    pub periods: Vec<WeightPeriod>,
+    pub history: Vec<WeightChangeRow>,
+}
+
+async fn results_context(pool: &PgPool, key: &str) -> RepoResult<Option<ResultsContext>> {
+    let experiment = sqlx::query_as::<_, ResultsExperiment>(
+        "SELECT key, status, policy, metric, created_at, started_at, outcome_window_days \
+         FROM experiments WHERE key = $1",
+    )
+    .bind(key)
+    .fetch_optional(pool);
+    let arms = sqlx::query_as::<_, ResultsArm>(
+        "SELECT arm_key, algorithm_key, weight, is_control FROM arms \
+         WHERE experiment_key = $1 ORDER BY position, arm_key",
+    )
+    .bind(key)
+    .fetch_all(pool);
+    let history = sqlx::query_as::<_, WeightChangeRow>(
+        "SELECT arm_key, weight, computed_at, reason FROM weight_history \
+         WHERE experiment_key = $1 ORDER BY computed_at, arm_key",
+    )
+    .bind(key)
+    .fetch_all(pool);
+    // Three round trips at once: the results route waits on the slowest only.
+    let (experiment, arms, history, periods) = tokio::try_join!(
+        async { experiment.await.map_err(RepoError::from) },
+        async { arms.await.map_err(RepoError::from) },
+        async { history.await.map_err(RepoError::from) },
+        weight_periods(pool, key),
+    )?;
+    Ok(experiment.map(|experiment| ResultsContext {
+        experiment,
+        arms,
+        periods,
+        history,
+    }))
+}
+
+/// Key, status, policy and metric of the newest `limit` experiments.
+async fn summaries(pool: &PgPool, limit: i64) -> RepoResult<Vec<(String, String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT key, status, policy, metric FROM experiments ORDER BY created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Experiments, their arms and weights, and the algorithms arms may use.
+#[derive(Debug, Clone)]
+pub struct Experiments {
+    db: Db,
+}
+
+impl Experiments {
+    pub fn new(pool: PgPool, timeout: std::time::Duration) -> Self {
+        Self {
+            db: Db::new(pool, timeout),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        experiment: &Experiment,
+        description: &str,
+    ) -> RepoResult<ExperimentRecord> {
+        self.db
+            .bounded(
+                "postgres create experiment",
+                create(&self.db.pool, experiment, description),
+            )
+            .await
+    }
+
+    pub async fn get(&self, key: &str) -> RepoResult<Option<ExperimentRecord>> {
+        self.db
+            .bounded("postgres get experiment", get(&self.db.pool, key))
+            .await
+    }
+
+    pub async fn list(
+        &self,
+        status: Option<ExperimentStatus>,
+        limit: u32,
+        offset: u32,
+    ) -> RepoResult<(Vec<ExperimentRecord>, bool)> {
+        self.db
+            .bounded(
+                "postgres list experiments",
+                list(&self.db.pool, status, limit, offset),
+            )
+            .await
+    }
+
+    pub async fn set_status(
+        &self,
+        key: &str,
+        next: ExperimentStatus,
+    ) -> RepoResult<Option<Change>> {
+        self.db
+            .bounded(
+                "postgres set experiment status",
+                set_status(&self.db.pool, key, next),
+            )
+            .await
+    }
+
+    pub async fn replace_arms(&self, key: &str, arms: Vec<Arm>) -> RepoResult<Option<Change>> {
+        self.db
+            .bounded(
+                "postgres replace arms",
+                replace_arms(&self.db.pool, key, arms),
+            )
+            .await
+    }
+
+    pub async fn weight_history(&self, key: &str, limit: u32) -> RepoResult<Vec<WeightRow>> {
+        self.db
+            .bounded(
+                "postgres weight history",
+                weight_history(&self.db.pool, key, limit),
+            )
+            .await
+    }
+
+    pub async fn weight_periods(&self, key: &str) -> RepoResult<Vec<WeightPeriod>> {
+        self.db
+            .bounded(
+                "postgres weight periods",
+                weight_periods(&self.db.pool, key),
+            )
+            .await
+    }
+
+    /// The experiment, arms, periods and weights its results need; `None`
+    /// when there is no such experiment.
+    pub async fn results_context(&self, key: &str) -> RepoResult<Option<ResultsContext>> {
+        self.db
+            .bounded(
+                "postgres results context",
+                results_context(&self.db.pool, key),
+            )
+            .await
+    }
+
+    pub async fn summaries(&self, limit: u32) -> RepoResult<Vec<(String, String, String, String)>> {
+        self.db
+            .bounded(
+                "postgres experiment summaries",
+                summaries(&self.db.pool, i64::from(limit)),
+            )
+            .await
+    }
+
+    pub async fn algorithms(&self) -> RepoResult<Vec<AlgorithmRecord>> {
+        self.db
+            .bounded("postgres algorithms", algorithms(&self.db.pool))
+            .await
+    }
+
+    pub async fn existing_algorithms(&self, keys: &[&str]) -> RepoResult<HashSet<String>> {
+        self.db
+            .bounded(
+                "postgres existing algorithms",
+                existing_algorithms(&self.db.pool, keys),
+            )
+            .await
+    }
 }

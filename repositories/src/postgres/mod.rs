@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod bulk;
 pub mod catalog;
+pub mod click_credits;
 pub mod experiments;
 pub mod ingest;
 pub mod models;
@@ -26,6 +27,29 @@ pub struct PostgresSettings {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+}
+
+/// A pool and the longest one call may take: what every role store holds,
+/// so no caller above this crate writes a timeout by hand.
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    pub(crate) pool: PgPool,
+    pub(crate) timeout: Duration,
+}
+
+impl Db {
+    pub(crate) fn new(pool: PgPool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    /// `fut` bounded by this store's timeout, its error a [`RepoError`].
+    pub(crate) async fn bounded<T, E: Into<RepoError>>(
+        &self,
+        what: &'static str,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> RepoResult<T> {
+        crate::error::with_timeout(what, self.timeout, fut).await
+    }
 }
 
 /// Open a lazily connecting pool: the first query connects, so startup order

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use super::Db;
 use crate::{RepoError, RepoResult};
 
 /// A configured algorithm: its key (the arms' `algorithm_key`) and kind.
@@ -56,7 +57,7 @@ pub struct NewModel<'a> {
 const COLUMNS: &str = "algorithm_key, version, s3_key, sha256, format_version, metrics, \
                        manifest, status, created_at, activated_at";
 
-pub async fn find_algorithm(pool: &PgPool, key: &str) -> RepoResult<Option<AlgorithmRow>> {
+async fn find_algorithm(pool: &PgPool, key: &str) -> RepoResult<Option<AlgorithmRow>> {
     Ok(
         sqlx::query_as("SELECT key, kind, params FROM algorithms WHERE key = $1")
             .bind(key)
@@ -66,7 +67,7 @@ pub async fn find_algorithm(pool: &PgPool, key: &str) -> RepoResult<Option<Algor
 }
 
 /// Register a model (inactive). A version that exists already is a conflict.
-pub async fn insert_model(pool: &PgPool, model: &NewModel<'_>) -> RepoResult<()> {
+async fn insert_model(pool: &PgPool, model: &NewModel<'_>) -> RepoResult<()> {
     let result = sqlx::query(
         "INSERT INTO models (algorithm_key, version, s3_key, sha256, format_version, metrics, manifest) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -100,7 +101,7 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 
 /// Make `version` the active model of `algorithm` and the previous one inactive,
 /// atomically. Activating the active version is a no-op that still succeeds.
-pub async fn activate(pool: &PgPool, algorithm: &str, version: &str) -> RepoResult<ModelRow> {
+async fn activate(pool: &PgPool, algorithm: &str, version: &str) -> RepoResult<ModelRow> {
     let mut tx = pool.begin().await?;
     // Serialise activations per algorithm: two concurrent ones would otherwise
     // both clear the old row and then collide on the one-active index.
@@ -143,7 +144,7 @@ pub async fn activate(pool: &PgPool, algorithm: &str, version: &str) -> RepoResu
 }
 
 /// Every model, newest first within each algorithm.
-pub async fn list_models(pool: &PgPool) -> RepoResult<Vec<ModelRow>> {
+async fn list_models(pool: &PgPool) -> RepoResult<Vec<ModelRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM models ORDER BY algorithm_key, created_at DESC, version DESC"
     ))
@@ -152,7 +153,7 @@ pub async fn list_models(pool: &PgPool) -> RepoResult<Vec<ModelRow>> {
 }
 
 /// The active model of every algorithm that has one.
-pub async fn active_models(pool: &PgPool) -> RepoResult<Vec<ModelRow>> {
+async fn active_models(pool: &PgPool) -> RepoResult<Vec<ModelRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM models WHERE status = 'active' ORDER BY algorithm_key"
     ))
@@ -160,11 +161,7 @@ pub async fn active_models(pool: &PgPool) -> RepoResult<Vec<ModelRow>> {
     .await?)
 }
 
-pub async fn find_model(
-    pool: &PgPool,
-    algorithm: &str,
-    version: &str,
-) -> RepoResult<Option<ModelRow>> {
+async fn find_model(pool: &PgPool, algorithm: &str, version: &str) -> RepoResult<Option<ModelRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM models WHERE algorithm_key = $1 AND version = $2"
     ))
@@ -187,7 +184,7 @@ pub struct PrecomputeLease {
 
 impl PrecomputeLease {
     /// Take the lease of `algorithm` if no other session holds it.
-    pub async fn try_take(
+    async fn try_take(
         pool: &PgPool,
         algorithm: &str,
         timeout: Duration,
@@ -206,5 +203,75 @@ impl PrecomputeLease {
         if let Err(e) = self.conn.close().await {
             tracing::debug!(error = %e, "closing the precompute lease's session failed; the server ends it");
         }
+    }
+}
+
+/// The model registry: algorithms, trained versions, which one is active,
+/// and the leases that keep two workers from precomputing the same lists.
+#[derive(Debug, Clone)]
+pub struct ModelRegistry {
+    db: Db,
+}
+
+impl ModelRegistry {
+    pub fn new(pool: PgPool, timeout: Duration) -> Self {
+        Self {
+            db: Db::new(pool, timeout),
+        }
+    }
+
+    pub async fn find_algorithm(&self, key: &str) -> RepoResult<Option<AlgorithmRow>> {
+        self.db
+            .bounded(
+                "postgres find algorithm",
+                find_algorithm(&self.db.pool, key),
+            )
+            .await
+    }
+
+    pub async fn insert_model(&self, model: &NewModel<'_>) -> RepoResult<()> {
+        self.db
+            .bounded("postgres insert model", insert_model(&self.db.pool, model))
+            .await
+    }
+
+    pub async fn activate(&self, algorithm: &str, version: &str) -> RepoResult<ModelRow> {
+        self.db
+            .bounded(
+                "postgres activate model",
+                activate(&self.db.pool, algorithm, version),
+            )
+            .await
+    }
+
+    pub async fn list_models(&self) -> RepoResult<Vec<ModelRow>> {
+        self.db
+            .bounded("postgres list models", list_models(&self.db.pool))
+            .await
+    }
+
+    pub async fn active_models(&self) -> RepoResult<Vec<ModelRow>> {
+        self.db
+            .bounded("postgres active models", active_models(&self.db.pool))
+            .await
+    }
+
+    pub async fn find_model(&self, algorithm: &str, version: &str) -> RepoResult<Option<ModelRow>> {
+        self.db
+            .bounded(
+                "postgres find model",
+                find_model(&self.db.pool, algorithm, version),
+            )
+            .await
+    }
+
+    /// The precompute lease of `algorithm` if no other session holds it; a
+    /// session of its own, so connecting gets its own bound.
+    pub async fn try_take_precompute_lease(
+        &self,
+        algorithm: &str,
+        connect_timeout: Duration,
+    ) -> RepoResult<Option<PrecomputeLease>> {
+        PrecomputeLease::try_take(&self.db.pool, algorithm, connect_timeout).await
     }
 }
