@@ -45,6 +45,11 @@ pub struct ApiConfig {
     /// Most events in one `POST /v1/events`.
     #[arg(long, env = "MARQUEE_MAX_EVENTS_PER_BATCH", default_value_t = 1000)]
     pub max_events_per_batch: usize,
+    /// Seconds the api remembers what each posted event_id said (a 128-bit
+    /// digest in Redis, about 100 bytes per event), so a retry is answered
+    /// `duplicate` and a different event under a used id `conflict` (0: off).
+    #[arg(long, env = "MARQUEE_EVENT_FINGERPRINT_TTL_S", default_value_t = 3600)]
+    pub event_fingerprint_ttl_s: u64,
     /// Impressions buffered in the Kafka producer while Kafka is slow (and new
     /// assignments queued for PostgreSQL); beyond it they are dropped and counted.
     #[arg(long, env = "MARQUEE_IMPRESSION_QUEUE", default_value_t = 10_000)]

@@ -90,6 +90,15 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// A JSON value already parsed (one event of a batch) as `T`, its errors
+/// named as [`decode_json`] names them (`field` "body" for the value itself).
+pub fn decode_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        data_error(&path, &err.into_inner().to_string())
+    })
+}
+
 /// A query string deserialized into `T`; 400 naming the parameter otherwise.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiQuery<T>(pub T);

@@ -24,7 +24,7 @@ use crate::routes::{events, health, metrics, recommendations};
     ),
     components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
         recommendations::Recommendations<'static>, recommendations::RecommendedItem<'static>,
-        events::EventBatch, events::EventError, events::EventsAccepted, events::EventsRejected,
+        events::EventBatch, events::EventError, events::EventStatus, events::EventsAccepted, events::EventsRejected,
         models::ModelList, models::ModelVersion,
         dashboard::ExperimentSummaries, dashboard::ExperimentSummary,
     )),

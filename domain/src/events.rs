@@ -314,6 +314,42 @@ impl RawEvent {
 }
 
 impl Event {
+    /// A digest of what the event says, its id aside: a retry of the same
+    /// event has the same one, another event under a reused id (almost
+    /// surely) does not. `ts_given` tells whether the sender stamped it; a
+    /// stamp the receiver filled in with its own clock differs per attempt,
+    /// so it is left out. SHA-256 truncated to 128 bits, hex: the same on
+    /// every replica and release, unlike std's hasher.
+    pub fn content_fingerprint(&self, ts_given: bool) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let field = |hasher: &mut Sha256, bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        field(&mut hasher, self.kind.as_str().as_bytes());
+        field(&mut hasher, self.user_id.as_str().as_bytes());
+        field(
+            &mut hasher,
+            &self.movie_id.map_or(i64::MIN, MovieId::get).to_le_bytes(),
+        );
+        field(
+            &mut hasher,
+            self.request_id
+                .map(|r| r.as_uuid())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        let ts = ts_given.then(|| self.ts.timestamp_nanos_opt().unwrap_or(i64::MIN));
+        field(&mut hasher, &ts.unwrap_or(0).to_le_bytes());
+        field(&mut hasher, &[u8::from(ts.is_some())]);
+        field(
+            &mut hasher,
+            &self.value.map_or(u64::MAX, f64::to_bits).to_le_bytes(),
+        );
+        hex::encode(&hasher.finalize()[..16])
+    }
+
     /// The request whose served list this impression records.
     pub fn served_request(&self) -> Option<RequestId> {
         match self.kind {
@@ -585,6 +621,33 @@ mod tests {
             movie_id: Some(7),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_fingerprint_changes_with_the_content_not_with_a_filled_in_stamp() {
+        let event = click().validate(now(), EventRules::default()).unwrap();
+        let later = click()
+            .validate(now() + Duration::seconds(3), EventRules::default())
+            .unwrap();
+        assert_eq!(
+            event.content_fingerprint(false),
+            later.content_fingerprint(false)
+        );
+        assert_ne!(
+            event.content_fingerprint(true),
+            later.content_fingerprint(true)
+        );
+        let other_movie = RawEvent {
+            movie_id: Some(8),
+            ..click()
+        }
+        .validate(now(), EventRules::default())
+        .unwrap();
+        assert_ne!(
+            event.content_fingerprint(false),
+            other_movie.content_fingerprint(false)
+        );
+        assert_eq!(event.content_fingerprint(false).len(), 32);
     }
 
     #[test]

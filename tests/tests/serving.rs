@@ -388,6 +388,56 @@ async fn posted_events_reach_kafka_and_invalid_ones_are_reported_by_index() {
         ids, expected,
         "exactly the valid events, with the client's own ids"
     );
+    assert_eq!(
+        body["statuses"],
+        json!(["accepted", "invalid", "accepted", "invalid"]),
+        "{body}"
+    );
+
+    // The same event again (a retry) is a duplicate, in Kafka again and
+    // counted once by the worker; another event under its id is a conflict,
+    // refused by name and never produced.
+    let marker = Uuid::new_v4();
+    let response = api
+        .client
+        .post(api.url("/v1/events"))
+        .header("x-api-key", &key)
+        .json(&json!({"events": [
+            {"event_id": good[1], "type": "conversion", "user_id": "u2", "value": 9.99},
+            {"event_id": good[1], "type": "conversion", "user_id": "u2", "value": 19.99},
+            {"event_id": marker, "type": "view", "user_id": "u3", "movie_id": 4},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["statuses"],
+        json!(["duplicate", "conflict", "accepted"]),
+        "{body}"
+    );
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(body["errors"][0]["index"], 1);
+    assert_eq!(body["errors"][0]["field"], "event_id");
+    let again = read_until(&kafka, |seen| {
+        seen.iter()
+            .any(|m| m["event_id"] == json!(marker.to_string()))
+    })
+    .await;
+    let values: Vec<f64> = again
+        .iter()
+        .filter(|m| m["event_id"] == json!(good[1].to_string()))
+        .map(|m| m["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        vec![9.99],
+        "the retry is produced, the conflict is not"
+    );
 
     // A batch with no valid event is a 400 that still lists every reason.
     let response = api

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::ClientAccess;
 use crate::error::{ApiError, ApiResult, ErrorDetail};
-use crate::extract::ApiJson;
+use crate::extract::{decode_value, ApiJson};
 use crate::state::AppState;
 
 /// A batch of events.
@@ -41,14 +41,36 @@ pub struct EventError {
     pub message: String,
 }
 
+/// What became of one posted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// New, and now durable in Kafka.
+    Accepted,
+    /// Its event_id was accepted before with the same content (a retry): in
+    /// Kafka again, and counted once.
+    Duplicate,
+    /// Its event_id was accepted before with other content: not produced;
+    /// an event_id names one event.
+    Conflict,
+    /// Failed validation (see `errors`).
+    Invalid,
+    /// Valid, but Kafka did not take it: retry it with the same event_id.
+    Failed,
+}
+
 /// What happened to a batch.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventsAccepted {
-    /// Events now durable in Kafka.
+    /// Events now durable in Kafka (duplicates included).
     pub accepted: usize,
+    /// Of those, events whose event_id was accepted before with the same content.
+    pub duplicates: usize,
     /// Events refused; each is listed in `errors`.
     pub rejected: usize,
     pub errors: Vec<EventError>,
+    /// One status per posted event, in the batch's order.
+    pub statuses: Vec<EventStatus>,
 }
 
 /// The 400 answer when no event of the batch is valid: the api's error body
@@ -91,6 +113,7 @@ pub async fn post_events(
             format!("must hold at most {max} events, got {}", batch.events.len()),
         ));
     }
+    let total = batch.events.len();
     let (valid, mut errors) = validate_batch(batch.events);
     if valid.is_empty() {
         let first = errors.first();
@@ -105,14 +128,42 @@ pub async fn post_events(
         };
         return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
     }
-    let events: Vec<Event> = valid.iter().map(|(_, e)| e.clone()).collect();
+    let mut statuses = vec![EventStatus::Invalid; total];
+    let screened = screen_reused_ids(&state, valid).await;
+    let mut duplicates = 0;
+    let mut to_send = Vec::with_capacity(screened.len());
+    for (index, event, seen) in screened {
+        match seen {
+            Seen::Conflict => {
+                statuses[index] = EventStatus::Conflict;
+                errors.push(EventError {
+                    index,
+                    field: Some("event_id".into()),
+                    message: "this event_id was accepted before with other content; an event_id names one event".into(),
+                });
+            }
+            Seen::Duplicate => {
+                duplicates += 1;
+                to_send.push((index, event, EventStatus::Duplicate));
+            }
+            Seen::New => to_send.push((index, event, EventStatus::Accepted)),
+        }
+    }
+    let events: Vec<Event> = to_send.iter().map(|(_, e, _)| e.clone()).collect();
     let results = state.serving.producer.send_all(&events).await;
     let mut accepted = 0;
     let mut last_failure = None;
-    for ((index, _), result) in valid.iter().zip(results) {
+    for ((index, _, status), result) in to_send.iter().zip(results) {
         match result {
-            Ok(()) => accepted += 1,
+            Ok(()) => {
+                accepted += 1;
+                statuses[*index] = *status;
+            }
             Err(e) => {
+                statuses[*index] = EventStatus::Failed;
+                if *status == EventStatus::Duplicate {
+                    duplicates -= 1;
+                }
                 errors.push(EventError {
                     index: *index,
                     field: None,
@@ -135,15 +186,80 @@ pub async fn post_events(
         StatusCode::ACCEPTED,
         Json(EventsAccepted {
             accepted,
+            duplicates,
             rejected,
             errors,
+            statuses,
         }),
     )
         .into_response())
 }
 
+/// Whether a posted event's id was accepted before, and with what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    New,
+    Duplicate,
+    Conflict,
+}
+
+/// Tell retries and reused ids from new events by the content digest each
+/// event_id was first accepted with. Without Redis every event passes as new:
+/// the worker's ledger still counts each id once, only the report is lost.
+async fn screen_reused_ids(state: &AppState, valid: Vec<ValidEvent>) -> Vec<(usize, Event, Seen)> {
+    let ttl_s = state.config.event_fingerprint_ttl_s;
+    if ttl_s == 0 {
+        return valid
+            .into_iter()
+            .map(|v| (v.index, v.event, Seen::New))
+            .collect();
+    }
+    let claims: Vec<_> = valid
+        .iter()
+        .map(|v| (v.event.id, v.event.content_fingerprint(v.ts_given)))
+        .collect();
+    let earlier = match state.stores.redis.claim_fingerprints(&claims, ttl_s).await {
+        Ok(earlier) if earlier.len() == claims.len() => earlier,
+        Ok(_) | Err(_) => {
+            metrics::counter!("marquee_events_fingerprint_errors_total").increment(1);
+            tracing::warn!(
+                "event fingerprints unavailable; reused event ids go unreported in this batch"
+            );
+            vec![None; claims.len()]
+        }
+    };
+    valid
+        .into_iter()
+        .zip(claims.iter().zip(earlier))
+        .map(|(v, ((_, mine), earlier))| {
+            let seen = match earlier {
+                None => Seen::New,
+                Some(first) if first == *mine => Seen::Duplicate,
+                Some(_) => Seen::Conflict,
+            };
+            if seen != Seen::New {
+                let content = if seen == Seen::Duplicate {
+                    "same"
+                } else {
+                    "different"
+                };
+                metrics::counter!("marquee_events_duplicate_total", "content" => content)
+                    .increment(1);
+            }
+            (v.index, v.event, seen)
+        })
+        .collect()
+}
+
+/// A valid event of a batch: where it was, and whether its sender stamped it.
+struct ValidEvent {
+    index: usize,
+    event: Event,
+    ts_given: bool,
+}
+
 /// Split a batch into valid events (with their index) and per-index errors.
-fn validate_batch(events: Vec<serde_json::Value>) -> (Vec<(usize, Event)>, Vec<EventError>) {
+fn validate_batch(events: Vec<serde_json::Value>) -> (Vec<ValidEvent>, Vec<EventError>) {
     let now = Utc::now();
     let rules = EventRules {
         allow_impressions: false,
@@ -152,14 +268,24 @@ fn validate_batch(events: Vec<serde_json::Value>) -> (Vec<(usize, Event)>, Vec<E
     let mut valid = Vec::with_capacity(events.len());
     let mut errors = Vec::new();
     for (index, value) in events.into_iter().enumerate() {
-        let parsed = serde_json::from_value::<RawEvent>(value)
-            .map_err(|e| (field_of_serde_error(&e.to_string()), e.to_string()))
+        let ts_given = value.get("ts").is_some_and(|ts| !ts.is_null());
+        let parsed = decode_value::<RawEvent>(value)
+            .map_err(|e| match e {
+                ApiError::BadRequest { field, message, .. } => {
+                    (field.filter(|f| f != "body"), message)
+                }
+                other => (None, other.to_string()),
+            })
             .and_then(|raw| {
                 raw.validate(now, rules)
                     .map_err(|e| (Some(e.field), e.message))
             });
         match parsed {
-            Ok(event) => valid.push((index, event)),
+            Ok(event) => valid.push(ValidEvent {
+                index,
+                event,
+                ts_given,
+            }),
             Err((field, message)) => errors.push(EventError {
                 index,
                 field: field.or_else(|| Some("event".into())),
@@ -168,16 +294,6 @@ fn validate_batch(events: Vec<serde_json::Value>) -> (Vec<(usize, Event)>, Vec<E
         }
     }
     (valid, errors)
-}
-
-/// serde names unknown and missing fields in backticks, and reports type
-/// errors without a field; the event's fields are flat, so the first
-/// backticked name is the field (or, for type errors, none is known).
-fn field_of_serde_error(message: &str) -> Option<String> {
-    if message.starts_with("unknown field") || message.starts_with("missing field") {
-        return message.split('`').nth(1).map(str::to_owned);
-    }
-    None
 }
 
 #[cfg(test)]
