@@ -34,6 +34,12 @@ impl TestStack {
     /// Create and migrate a fresh slice. Panics (fails the test) if the stack is down,
     /// with a message that says how to bring it up.
     pub async fn fresh() -> Self {
+        Self::fresh_with(|_| {}).await
+    }
+
+    /// A fresh slice whose settings `adjust` changes before anything is
+    /// created (more partitions for a rebalance, say).
+    pub async fn fresh_with(adjust: impl FnOnce(&mut StackArgs)) -> Self {
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
         // Base addresses from MARQUEE_* (scripts/test.sh exports the stack's), defaults otherwise.
         let mut settings = StackArgs::from_env().expect("MARQUEE_* settings parse");
@@ -60,6 +66,7 @@ impl TestStack {
         settings.events_partitions = 2;
         settings.redis_namespace = format!("test:{id}:");
         settings.s3_bucket = format!("test-{id}");
+        adjust(&mut settings);
         let stores = Stores::open(&settings).expect("open stores");
         stores.migrate().await.expect("migrate test stores");
         let pg = repositories::postgres::connect_lazy(&settings.postgres()).expect("postgres pool");

@@ -1,5 +1,7 @@
 //! The worker, a real process, is SIGKILLed twice in the middle of a
 //! 100k-event stream and restarted: every event is present exactly once.
+//! Three workers in one group, joining mid-stream (two rebalances) and one
+//! of them SIGKILLed (a third): every event is present exactly once.
 
 use std::time::{Duration, Instant};
 
@@ -133,4 +135,103 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_duplicates_nothing() 
         "everything durable was committed"
     );
     let _ = std::fs::remove_dir_all(&logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_rebalancing_mid_stream_and_one_killed_count_each_event_once() {
+    // Four partitions, so each of three workers owns some after a rebalance.
+    let stack = TestStack::fresh_with(|s| s.events_partitions = 4).await;
+    let total = 60_000u64;
+    let group = format!("rebalance-{}", stack.id);
+    let extra = vec![
+        ("MARQUEE_WORKER_GROUP", group.clone()),
+        ("MARQUEE_WORKER_BATCH_SIZE", "2000".to_owned()),
+        ("MARQUEE_WORKER_BATCH_MAX_WAIT_MS", "100".to_owned()),
+        ("MARQUEE_WORKER_LAG_INTERVAL_S", "1".to_owned()),
+        ("MARQUEE_WORKER_ORPHAN_AFTER_S", "3".to_owned()),
+    ];
+    let logs = std::env::temp_dir().join(format!("marquee-rebalance-{}", stack.id));
+    std::fs::create_dir_all(&logs).unwrap();
+    let start = |n: usize| {
+        WorkerProcess::start(
+            CHILD,
+            &stack.settings,
+            &extra,
+            logs.join(format!("worker-{n}.log")),
+        )
+    };
+
+    let mut workers = vec![start(1)];
+    let events = mixed_events(total as usize, 12_000, 0);
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+    let stream = tokio::spawn(async move {
+        // A steady stream over several seconds: 60 chunks of 1k.
+        for chunk in events.chunks(1_000) {
+            produce_events(&producer, &topic, chunk).await;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    });
+    let at = reach(&stack, 8_000, &workers).await;
+    println!("second worker joins with {at} events in ClickHouse");
+    workers.push(start(2));
+    let at = reach(&stack, 20_000, &workers).await;
+    println!("third worker joins with {at} events in ClickHouse");
+    workers.push(start(3));
+    let at = reach(&stack, 32_000, &workers).await;
+    workers[1].kill();
+    println!("SIGKILL of the second worker with {at} events in ClickHouse");
+    stream.await.unwrap();
+
+    let (rows, unique) = wait_for_events(&stack, total, Duration::from_secs(180)).await;
+    let logs_text = || {
+        workers
+            .iter()
+            .map(WorkerProcess::log_text)
+            .collect::<String>()
+    };
+    assert_eq!(unique, total, "none missing; logs:\n{}", logs_text());
+    assert_eq!(rows, total, "none twice after FINAL");
+    assert_eq!(
+        clickhouse_raw_rows(&stack).await,
+        total,
+        "none twice even before merges"
+    );
+    assert_eq!(pg_count(&stack, "ingested_events").await, total as i64);
+    let by_status: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM ingest_batches GROUP BY status ORDER BY status",
+    )
+    .fetch_all(&stack.pg)
+    .await
+    .unwrap();
+    println!("ledger batches by status: {by_status:?}");
+    let rejoins = logs_text().matches("rejoining the consumer group").count();
+    println!("orphan rejoins: {rejoins}");
+    assert!(
+        !by_status.iter().any(|(status, _)| status == "pending"),
+        "every interrupted batch was resolved: {by_status:?}"
+    );
+    drop(workers);
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Wait until ClickHouse holds `threshold` distinct events; the workers'
+/// logs explain a stall.
+async fn reach(stack: &TestStack, threshold: u64, workers: &[WorkerProcess]) -> u64 {
+    let started = Instant::now();
+    loop {
+        let (_, unique) = clickhouse_counts(stack).await;
+        if unique >= threshold {
+            return unique;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress past {unique} of {threshold}:\n{}",
+            workers
+                .iter()
+                .map(WorkerProcess::log_text)
+                .collect::<String>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -84,8 +84,9 @@ pub struct WorkerConfig {
     /// Seconds between consumer-lag measurements.
     #[arg(long, env = "MARQUEE_WORKER_LAG_INTERVAL_S", default_value_t = 15)]
     pub lag_interval_s: u64,
-    /// Seconds a partition may sit with lag and an unmoving committed offset
-    /// while this worker owns nothing, before it rejoins the group to claim it.
+    /// Seconds a partition this worker does not own may sit with lag and an
+    /// unmoving committed offset, while this worker is not held up by a
+    /// store, before it rejoins the group so the partition is assigned again.
     #[arg(long, env = "MARQUEE_WORKER_ORPHAN_AFTER_S", default_value_t = 30)]
     pub orphan_after_s: u64,
     /// First retry delay after a store error, in milliseconds (doubles up to the max).

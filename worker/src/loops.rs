@@ -171,12 +171,16 @@ pub async fn hot_movies_loop(
 /// assigned partition, and watches for orphaned partitions.
 ///
 /// Orphans: a broker's group coordinator can leave a partition assigned to a
-/// member that died (seen with Tansu after a SIGKILL: the survivor was handed
-/// an empty assignment and no rebalance followed). When this worker owns
-/// nothing while some partition has lag and its committed offset has not
-/// moved for `orphan_after`, nobody is consuming it: rejoin the group so the
-/// coordinator assigns it again. In a healthy group someone commits and this
-/// never fires.
+/// member that died or hangs (seen with Tansu: after a SIGKILL the survivor
+/// was handed an empty assignment and no rebalance followed; with three
+/// workers joining mid-stream, one member was left holding two partitions it
+/// never consumed, and nothing moved them after it was killed). When a
+/// partition this worker does not own has lag and its committed offset has
+/// not moved for `orphan_after`, while this worker itself is not held up by
+/// a store (its partitions are not paused: an outage of a shared store stalls
+/// every worker alike, and rejoining would not help), nobody is consuming it:
+/// rejoin the group so the coordinator assigns it again. In a healthy group
+/// the owner commits after every batch and this never fires.
 pub async fn lag_loop(
     consumer: Weak<EventConsumer>,
     topic: String,
@@ -194,18 +198,25 @@ pub async fn lag_loop(
         let topic = topic.clone();
         let stalled = stalled.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-            if owned > 0 {
-                if let Ok(mut s) = stalled.lock() {
-                    s.clear();
-                }
-                return repositories::kafka::partition_lag(&consumer, &topic, timeout).map(Some);
-            }
+            let owned: std::collections::HashSet<i32> = consumer
+                .assignment()
+                .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            let held_up = consumer
+                .context()
+                .paused
+                .load(std::sync::atomic::Ordering::SeqCst);
             let offsets = repositories::kafka::group_offsets(&consumer, &topic, timeout)?;
             let now = Instant::now();
+            let mut lags = Vec::new();
             let mut orphaned = Vec::new();
             if let Ok(mut s) = stalled.lock() {
                 for (partition, committed, high) in offsets {
+                    if owned.contains(&partition) {
+                        lags.push((partition, (high - committed).max(0)));
+                        s.remove(&partition);
+                        continue;
+                    }
                     if committed >= high {
                         s.remove(&partition);
                         continue;
@@ -217,17 +228,22 @@ pub async fn lag_loop(
                         orphaned.push(partition);
                     }
                 }
+                if held_up {
+                    // Judge others only while this worker runs freely.
+                    s.clear();
+                    orphaned.clear();
+                }
                 if !orphaned.is_empty() {
                     s.clear();
                 }
             }
             if !orphaned.is_empty() {
-                tracing::warn!(?orphaned, "partitions with lag are consumed by nobody; rejoining the consumer group");
+                tracing::warn!(?orphaned, owned = owned.len(), "partitions with lag are consumed by nobody; rejoining the consumer group");
                 metrics::counter!("marquee_worker_group_rejoins_total").increment(1);
                 consumer.unsubscribe();
                 consumer.subscribe(&[topic.as_str()])?;
             }
-            Ok(None)
+            Ok::<_, repositories::RepoError>(Some(lags))
         })
         .await;
         match result {
