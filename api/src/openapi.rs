@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::models;
 use crate::routes::{algorithms, dashboard, experiments, keys, movies, users};
-use crate::routes::{events, health, metrics, recommendations};
+use crate::routes::{events, health, metrics, recommendations, similar};
 
 /// Marquee's API description, served at `/openapi.json` and browsed at `/docs`.
 #[derive(OpenApi)]
@@ -14,7 +14,7 @@ use crate::routes::{events, health, metrics, recommendations};
     info(title = "Marquee", description = "Recommendations with built-in A/B testing for movie catalogs."),
     paths(
         health::live, health::ready, metrics::render,
-        recommendations::recommendations, events::post_events,
+        recommendations::recommendations, similar::similar_movies, events::post_events,
         models::list_models, models::activate_model,
         movies::create, movies::bulk_upsert, movies::get, movies::list, users::history,
         experiments::create, experiments::get, experiments::list, experiments::start,
@@ -25,6 +25,7 @@ use crate::routes::{events, health, metrics, recommendations};
     components(schemas(ErrorBody, ErrorDetail, health::Live, health::Ready, health::DependencyReport,
         recommendations::Recommendations<'static>, recommendations::RecommendedItem<'static>,
         events::EventBatch, events::EventError, events::EventStatus, events::EventsAccepted, events::EventsRejected,
+        similar::SimilarMovies, similar::SimilarMovie,
         models::ModelList, models::ModelVersion,
         dashboard::ExperimentSummaries, dashboard::ExperimentSummary,
     )),

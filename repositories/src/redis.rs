@@ -78,6 +78,11 @@ impl Keys {
         format!("{}attr:{request_id}", self.namespace)
     }
 
+    /// Movies most like `movie` by `algorithm`'s active model.
+    pub fn similar(&self, algorithm: &str, movie: i64) -> String {
+        format!("{}similar:{algorithm}:{movie}", self.namespace)
+    }
+
     /// Model version a precomputed list family came from.
     pub fn recs_version(&self, algorithm: &str) -> String {
         format!("{}recs-version:{algorithm}", self.namespace)
@@ -197,6 +202,38 @@ impl RedisStore {
             crate::error::with_timeout("redis recs write", self.timeout, fut).await?;
         }
         Ok(())
+    }
+
+    /// Store the "more like this" lists `(movie_id, json)` of `algorithm`,
+    /// pipelined in chunks as user lists are. A new model version overwrites
+    /// them; a movie the new model does not know keeps its older list until
+    /// the next version that does.
+    pub async fn put_similar_lists(
+        &self,
+        algorithm: &str,
+        lists: &[(i64, String)],
+    ) -> RepoResult<()> {
+        let mut conn = self.conn().await?;
+        for chunk in lists.chunks(RECS_CHUNK) {
+            let mut pipe = deadpool_redis::redis::pipe();
+            for (movie, json) in chunk {
+                pipe.set(self.keys.similar(algorithm, *movie), json)
+                    .ignore();
+            }
+            let fut = pipe.query_async::<()>(&mut conn);
+            crate::error::with_timeout("redis similar write", self.timeout, fut).await?;
+        }
+        Ok(())
+    }
+
+    /// The movies most like `movie` by `algorithm`, if precomputed.
+    pub async fn similar_list(
+        &self,
+        algorithm: &str,
+        movie: i64,
+    ) -> RepoResult<Option<domain::recommend::PrecomputedList>> {
+        let json = self.get(&self.keys.similar(algorithm, movie)).await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     /// Forget which version `recs:{algorithm}:*` hold, before they are

@@ -419,3 +419,106 @@ async fn one_worker_at_a_time_precomputes_an_algorithm() {
     }
     assert!(listed > 0, "the lists are written once the lease is free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_movies_come_from_the_active_models_and_fall_back_to_hot_ones() {
+    let stack = TestStack::fresh().await;
+    seed::seed(&stack.stores, SeedSize::Small, 13, false)
+        .await
+        .expect("seed");
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = stack
+        .stores
+        .api_keys
+        .create(repositories::postgres::api_keys::Role::Client, "similar")
+        .await
+        .unwrap()
+        .1;
+    let get = |path: String| {
+        let (api, key) = (&api, &key);
+        async move {
+            let response = api
+                .client
+                .get(api.url(&path))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let movie: i64 = sqlx::query_scalar(
+        "SELECT movie_id FROM views GROUP BY movie_id ORDER BY count(*) DESC, movie_id LIMIT 1",
+    )
+    .fetch_one(&stack.pg)
+    .await
+    .unwrap();
+
+    // No model yet: hot movies, said so.
+    let (status, body) = get(format!("/v1/movies/{movie}/similar?limit=5")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["source"], "popular", "{body}");
+
+    let knn = train::train(&stack.stores, &TrainArgs::new("item_knn"), &|line| {
+        eprintln!("train: {line}")
+    })
+    .await
+    .expect("train item_knn");
+    let als = train_als(&stack, true).await;
+    let mut model_loop = ModelLoop::new(
+        stack.stores.clone(),
+        ModelLoopSettings {
+            poll: Duration::from_secs(1),
+            top_n: TOP_N,
+            active_window: Duration::from_secs(WINDOW_S),
+        },
+    );
+    model_loop.tick().await.unwrap();
+
+    for (algorithm, version) in [
+        ("item_knn", knn.manifest.version.as_str()),
+        ("als", als.manifest.version.as_str()),
+    ] {
+        let (status, body) = get(format!(
+            "/v1/movies/{movie}/similar?limit=5&algorithm={algorithm}"
+        ))
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["source"], "model", "{algorithm}: {body}");
+        assert_eq!(body["model_version"], version, "{body}");
+        let items = body["items"].as_array().unwrap();
+        assert_eq!(items.len(), 5, "{body}");
+        assert!(
+            items.iter().all(|i| i["movie_id"] != movie),
+            "never itself: {body}"
+        );
+        assert!(items.iter().all(|i| i["title"].is_string()), "{body}");
+        let scores: Vec<f64> = items.iter().map(|i| i["score"].as_f64().unwrap()).collect();
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]),
+            "most alike first: {body}"
+        );
+    }
+
+    // Bad input is a 4xx naming the field; an unknown movie a 404.
+    for (path, status, field) in [
+        (format!("/v1/movies/{movie}/similar?limit=0"), 400, "limit"),
+        (
+            format!("/v1/movies/{movie}/similar?limit=101"),
+            400,
+            "limit",
+        ),
+        (
+            format!("/v1/movies/{movie}/similar?algorithm=popularity"),
+            400,
+            "algorithm",
+        ),
+        ("/v1/movies/0/similar".to_owned(), 400, "id"),
+        ("/v1/movies/999999999/similar".to_owned(), 404, "id"),
+    ] {
+        let (got, body) = get(path.clone()).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
+    }
+}

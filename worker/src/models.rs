@@ -110,6 +110,26 @@ pub async fn load_model(stores: &Stores, row: &ModelRow) -> Result<TrainedModel,
 
 /// Compute the top `top_n` of each user (their history excluded), spreading
 /// users over the available cores; `None` where the model has no opinion.
+/// Each movie's "more like this" list as the api reads it (JSON of a
+/// [`PrecomputedList`]); movies without neighbours get none.
+fn similar_lists(
+    model: &TrainedModel,
+    version: &str,
+    top_n: usize,
+) -> anyhow::Result<Vec<(i64, String)>> {
+    domain::recommend::similar::similar_movies(model, top_n)
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(movie, items)| {
+            let list = PrecomputedList {
+                model_version: version.to_owned(),
+                items,
+            };
+            Ok((movie.get(), serde_json::to_string(&list)?))
+        })
+        .collect()
+}
+
 fn lists_for(
     model: &TrainedModel,
     version: &str,
@@ -163,6 +183,8 @@ pub struct PrecomputeSummary {
     pub cleared: usize,
     /// Lists of users outside the active window, deleted.
     pub stale: usize,
+    /// Movies given a "more like this" list (item-kNN and ALS only).
+    pub similar: usize,
 }
 
 /// Lists of `model` (version `version`) for every user active since the window
@@ -206,6 +228,12 @@ pub async fn precompute(
         .redis
         .delete_recs_lists_except(algorithm, &written)
         .await?;
+    let version_owned = version.to_owned();
+    let top_n = settings.top_n;
+    let similar =
+        tokio::task::spawn_blocking(move || similar_lists(&model, &version_owned, top_n)).await??;
+    summary.similar = similar.len();
+    stores.redis.put_similar_lists(algorithm, &similar).await?;
     stores.redis.set_recs_version(algorithm, version).await?;
     Ok(summary)
 }
@@ -355,6 +383,7 @@ impl ModelLoop {
                     lists = summary.lists,
                     without_list = summary.cleared,
                     stale_deleted = summary.stale,
+                    similar = summary.similar,
                     load_seconds = loaded_in,
                     seconds,
                     "model loaded and lists precomputed"

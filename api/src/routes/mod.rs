@@ -11,6 +11,7 @@ pub mod models;
 pub mod movies;
 pub mod recommendations;
 pub mod results;
+pub mod similar;
 pub mod users;
 
 use axum::routing::{delete, get, post, put};
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/movies", get(movies::list).post(movies::create))
         .route("/v1/movies/bulk", post(movies::bulk_upsert))
         .route("/v1/movies/{id}", get(movies::get))
+        .route("/v1/movies/{id}/similar", get(similar::similar_movies))
         .route("/v1/users/{user_id}/history", get(users::history))
         .route(
             "/v1/experiments",

@@ -325,6 +325,11 @@ impl ItemKnnModel {
         &self.params
     }
 
+    /// Every movie the model knows, in index order.
+    pub fn items(&self) -> &[MovieId] {
+        &self.items
+    }
+
     /// Most similar movies to `movie`, best first; empty for a movie the model never saw.
     pub fn neighbours(&self, movie: MovieId) -> Vec<(MovieId, f32)> {
         let Some(i) = self.item_index(movie) else {

@@ -11,6 +11,7 @@ pub mod format;
 pub mod item_knn;
 pub mod movielens;
 pub mod popularity;
+pub mod similar;
 pub mod synthetic;
 
 use std::collections::{HashMap, HashSet};
