@@ -78,10 +78,15 @@ admin -X POST "$API/v1/experiments" -d '{
 admin -X POST "$API/v1/experiments/home/start" >/dev/null
 CLIENT_KEY="$("$BIN/api" keys create --role client --name soak | tail -1)"
 
+ch() { curl -fsS "$MARQUEE_CLICKHOUSE_URL/?database=$ID" --data-binary "$1"; }
+# The seed's history is in ClickHouse already; the soak counts what comes after.
+seeded="$(ch "SELECT uniqExact(event_id) FROM events")"
+
 rss() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "-"; }
+lag() { curl -fsS "http://127.0.0.1:$MARQUEE_WORKER_METRICS_PORT/metrics" 2>/dev/null | awk '$1 ~ /^marquee_worker_consumer_lag/ {s += $2} END {printf "%d", s}'; }
 (
   while kill -0 "$api_pid" 2>/dev/null; do
-    echo "$(( $(date +%s) - started_at )) $(rss "$api_pid") $(rss "$worker_pid")"
+    echo "$(( $(date +%s) - started_at )) $(rss "$api_pid") $(rss "$worker_pid") $(lag)"
     sleep 30
   done
 ) >"$LOGS/rss.txt" &
@@ -95,8 +100,7 @@ read -r requests failed via_api via_kafka < <(sed -n '1s/^simulated \([0-9]*\) r
 metric() { curl -fsS "$1" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%d", s}'; }
 impressions="$(metric "$API/metrics" marquee_impressions_sent_total)"
 dropped="$(metric "$API/metrics" marquee_impressions_dropped_total)"
-expected=$(( impressions + via_api + via_kafka ))
-ch() { curl -fsS "$MARQUEE_CLICKHOUSE_URL/?database=$ID" --data-binary "$1"; }
+expected=$(( seeded + impressions + via_api + via_kafka ))
 say "waiting for the worker to ingest the last events (expecting $expected)"
 last=-1; same=0
 for _ in $(seq 1 120); do
@@ -108,10 +112,11 @@ done
 distinct="$(ch "SELECT uniqExact(event_id) FROM events")"
 rows="$(ch "SELECT count() FROM events FINAL")"
 raw="$(ch "SELECT count() FROM events")"
-echo "$(( $(date +%s) - started_at )) $(rss "$api_pid") $(rss "$worker_pid")" >>"$LOGS/rss.txt"
+echo "$(( $(date +%s) - started_at )) $(rss "$api_pid") $(rss "$worker_pid") $(lag)" >>"$LOGS/rss.txt"
 
 echo
 printf '%-44s %12s\n' "sent / counted" "events"
+printf '%-44s %12s\n' "seeded history (before the traffic)" "$seeded"
 printf '%-44s %12s\n' "recommendation requests (failed: $failed)" "$requests"
 printf '%-44s %12s\n' "impressions produced by the api (dropped: $dropped)" "$impressions"
 printf '%-44s %12s\n' "clicks via POST /v1/events" "$via_api"
@@ -120,8 +125,8 @@ printf '%-44s %12s\n' "expected in ClickHouse" "$expected"
 printf '%-44s %12s\n' "distinct event ids in ClickHouse" "$distinct"
 printf '%-44s %12s\n' "rows after FINAL (raw rows: $raw)" "$rows"
 echo
-echo "RSS samples (seconds since start, api MiB, worker MiB):"
-awk '{printf "  %6s s %6s %6s\n", $1, $2, $3}' "$LOGS/rss.txt"
+echo "samples (seconds since start, api RSS MiB, worker RSS MiB, worker consumer lag):"
+awk '{printf "  %6s s %6s %6s %8s\n", $1, $2, $3, $4}' "$LOGS/rss.txt"
 verdict=PASS
 [ "$distinct" = "$expected" ] && [ "$rows" = "$expected" ] || verdict=FAIL
 echo "$verdict: $expected sent, $distinct counted once ($rows after FINAL) over ${DURATION}s"

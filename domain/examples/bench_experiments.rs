@@ -45,6 +45,7 @@ fn experiment(weights: &[f64], policy: Policy) -> Result<Experiment, Box<dyn std
         reweight_interval_s: 300,
         bandit: BanditSettings::default(),
         outcome_window_days: None,
+        analysis: Default::default(),
         arms,
     })?)
 }

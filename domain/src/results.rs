@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::experiment::WeightPeriod;
 use crate::ids::{AlgorithmKey, ArmKey};
 use crate::stats::{
-    cohort_sample_ratio, compare, estimate, sample_ratio_mismatch, stratified_lift, ArmCounts,
-    Comparison, Interval, Metric, MetricEstimate, PeriodCounts, SrmCheck, StratifiedLift,
-    Weighting,
+    cohort_sample_ratio, compare, estimate, sample_ratio_mismatch, sequential_lift,
+    stratified_lift, Analysis, ArmCounts, Comparison, Interval, Metric, MetricEstimate,
+    PeriodCounts, SequentialLift, SrmCheck, StratifiedLift, Weighting,
 };
 use crate::ValidationError;
 
@@ -68,6 +68,9 @@ pub struct ResultsInput {
     /// Days after first exposure over which a user's outcome is summed;
     /// `None` for the whole exposure. Reported, not applied: the store applies it.
     pub outcome_window_days: Option<u16>,
+    /// How lifts are to be read: through confidence sequences (the default)
+    /// or at one planned look.
+    pub analysis: Analysis,
 }
 
 impl ResultsInput {
@@ -117,6 +120,14 @@ pub struct ArmComparison {
     /// Arms compared within each cohort of first exposure, then combined;
     /// present when weights changed.
     pub cohort: Option<CohortLift>,
+    /// The headline lift (cohort once weights changed, else pooled) through
+    /// always-valid confidence sequences; the relative sequence for the
+    /// pooled lift only.
+    pub sequential: SequentialLift,
+    /// Whether the headline lift is significant under the experiment's
+    /// analysis: its confidence sequence excludes zero (sequential), or its
+    /// p-value is under 0.05 (fixed horizon).
+    pub significant: bool,
 }
 
 /// The cohort (assignment-period) lift of one treatment against control.
@@ -188,6 +199,9 @@ pub struct ResultsReport {
     /// Days after first exposure a user's outcome is summed over in the
     /// cohort method; `None` for the whole exposure.
     pub outcome_window_days: Option<u16>,
+    /// `{"method": "sequential", "tuning": N*}` or `{"method": "fixed_horizon"}`:
+    /// which intervals decide each comparison's `significant`.
+    pub analysis: Analysis,
     pub arms: Vec<ArmReport>,
     pub comparisons: Vec<ArmComparison>,
     /// Sample-ratio check: users per arm against the weights they were
@@ -258,12 +272,39 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
         } else {
             None
         };
+        let users = control.counts.users + treatment.counts.users;
+        let (sequential, fixed_significant) = match &cohort {
+            Some(c) => (
+                sequential_lift(
+                    c.combined.estimate.zip(c.combined.std_error),
+                    None,
+                    users,
+                    input.analysis.tuning(),
+                ),
+                c.combined.p_value.is_some_and(|p| p < 0.05),
+            ),
+            None => (
+                sequential_lift(
+                    pooled.abs_lift.zip(pooled.abs_std_error),
+                    pooled.rel_lift.zip(pooled.rel_std_error),
+                    users,
+                    input.analysis.tuning(),
+                ),
+                pooled.p_value.is_some_and(|p| p < 0.05),
+            ),
+        };
+        let significant = match input.analysis {
+            Analysis::Sequential { .. } => sequential.significant,
+            Analysis::FixedHorizon => fixed_significant,
+        };
         comparisons.push(ArmComparison {
             arm: treatment.arm.clone(),
             control: control.arm.clone(),
             metric: input.metric,
             pooled,
             cohort,
+            sequential,
+            significant,
         });
     }
 
@@ -337,6 +378,7 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             "pooled".to_owned()
         },
         outcome_window_days: input.outcome_window_days,
+        analysis: input.analysis,
         arms,
         comparisons,
         srm,
@@ -534,6 +576,7 @@ mod tests {
             periods: vec![],
             cohorts: vec![],
             outcome_window_days: None,
+            analysis: Analysis::default(),
         };
         let report = build_report(&input).unwrap();
         assert_eq!(report.method, "pooled");
@@ -603,6 +646,7 @@ mod tests {
             periods,
             cohorts,
             outcome_window_days: Some(7),
+            analysis: Analysis::default(),
         };
         let report = build_report(&input).unwrap();
         assert_eq!(report.method, COHORT_METHOD);
@@ -642,6 +686,7 @@ mod tests {
             periods: vec![],
             cohorts: vec![],
             outcome_window_days: None,
+            analysis: Analysis::default(),
         };
         let report = build_report(&input).unwrap();
         let csv = arms_csv(&report);

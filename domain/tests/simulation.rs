@@ -418,6 +418,7 @@ fn results_input(
         periods: two_arm_periods(starts, control_weight),
         cohorts: cells,
         outcome_window_days: window,
+        analysis: domain::stats::Analysis::default(),
     }
 }
 
@@ -1020,6 +1021,7 @@ fn bandit_experiment(top_two: bool) -> Experiment {
             top_two,
         },
         outcome_window_days: None,
+        analysis: Default::default(),
         arms: (0..3)
             .map(|i| Arm {
                 key: key(&format!("arm{i}")),
@@ -1313,4 +1315,159 @@ fn bandit_user_level_against_impression_level() {
         regrets[1].0,
         regrets[1].1
     );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Peeking: fixed-horizon intervals against confidence sequences
+// ---------------------------------------------------------------------------
+
+/// A/A experiments per weight schedule in the peeking study.
+const PEEK_EXPERIMENTS: usize = 2_000;
+/// New users between two looks, and the number of looks.
+const PEEK_USERS_PER_LOOK: usize = 1_000;
+const PEEK_LOOKS: usize = 50;
+/// Share of the users seen so far who come back between two looks.
+const PEEK_RETURN: f64 = 0.05;
+
+/// A peeking user: arm, period of first exposure, personal rates, and sums.
+#[derive(Debug, Clone, Copy)]
+struct PeekUser {
+    arm: usize,
+    period: usize,
+    click_p: f64,
+    activity: f64,
+    impressions: u64,
+    clicks: u64,
+}
+
+/// One visit of `user`: more impressions and clicks, the cell's per-user
+/// sums of squares kept exact as the user's totals grow.
+fn visit(user: &mut PeekUser, cell: &mut ArmCounts, pooled: &mut ArmCounts, rng: &mut SimRng) {
+    let imps = 1 + Poisson::new(user.activity).expect("poisson").sample(rng) as u64;
+    let clicks = (0..imps)
+        .filter(|_| rng.random::<f64>() < user.click_p)
+        .count() as u64;
+    let (i0, c0) = (user.impressions, user.clicks);
+    let (i1, c1) = (i0 + imps, c0 + clicks);
+    for cell in [cell, pooled] {
+        cell.impressions += imps;
+        cell.clicks += clicks;
+        cell.sum_impressions_sq += i1 * i1 - i0 * i0;
+        cell.sum_clicks_sq += c1 * c1 - c0 * c0;
+        cell.sum_clicks_impressions += c1 * i1 - c0 * i0;
+    }
+    (user.impressions, user.clicks) = (i1, c1);
+}
+
+/// Whether an A/A experiment, looked at after every `PEEK_USERS_PER_LOOK`
+/// new users and stopped at the first significant look, ever "finds" a
+/// lift: (fixed-horizon, sequential). Weights change at the looks in
+/// `changes` (control weight from `control_weight`), so the report uses
+/// the cohort method from the first change on.
+fn peek_experiment(seed: u64, changes: &[usize], control_weight: &[f64]) -> (bool, bool) {
+    let mut rng = SimRng::seed_from_u64(seed);
+    let ctr_dist = FastBeta::new(CTR_BETA);
+    let mu = ACTIVITY_MEAN.ln() - ACTIVITY_SIGMA * ACTIVITY_SIGMA / 2.0;
+    let activity = LogNormal::new(mu, ACTIVITY_SIGMA).expect("lognormal");
+    let mut users: Vec<PeekUser> = Vec::with_capacity(PEEK_USERS_PER_LOOK * PEEK_LOOKS);
+    let mut cohorts = vec![[ArmCounts::default(); 2]; control_weight.len()];
+    let mut pooled = [ArmCounts::default(); 2];
+    let (mut fixed_found, mut sequential_found) = (false, false);
+    let mut period = 0;
+    for look in 0..PEEK_LOOKS {
+        if changes.get(period).is_some_and(|&at| at == look) {
+            period += 1;
+        }
+        // Returning users first, then the new ones.
+        if !users.is_empty() {
+            let returning = Binomial::new(users.len() as u64, PEEK_RETURN)
+                .expect("binomial")
+                .sample(&mut rng);
+            for _ in 0..returning {
+                let i = rng.random_range(0..users.len());
+                let u = &mut users[i];
+                let (arm, p) = (u.arm, u.period);
+                visit(u, &mut cohorts[p][arm], &mut pooled[arm], &mut rng);
+            }
+        }
+        for _ in 0..PEEK_USERS_PER_LOOK {
+            let arm = if rng.random::<f64>() < control_weight[period] {
+                CONTROL
+            } else {
+                TREATMENT
+            };
+            let mut u = PeekUser {
+                arm,
+                period,
+                click_p: ctr_dist.sample(&mut rng),
+                activity: activity.sample(&mut rng),
+                impressions: 0,
+                clicks: 0,
+            };
+            cohorts[period][arm].users += 1;
+            pooled[arm].users += 1;
+            visit(
+                &mut u,
+                &mut cohorts[period][arm],
+                &mut pooled[arm],
+                &mut rng,
+            );
+            users.push(u);
+        }
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(changes.iter().copied().take(period))
+            .collect();
+        let input = results_input(
+            Metric::Ctr,
+            &starts,
+            &control_weight[..=period],
+            &cohorts[..=period],
+            pooled,
+            None,
+        );
+        let report = build_report(&input).expect("report");
+        let cmp = &report.comparisons[0];
+        let (p, _) = headline(&report);
+        fixed_found |= p.is_some_and(|p| p < ALPHA);
+        sequential_found |= cmp.sequential.significant;
+        if fixed_found && sequential_found {
+            break;
+        }
+    }
+    (fixed_found, sequential_found)
+}
+
+#[test]
+fn sequential_intervals_survive_peeking_where_fixed_ones_do_not() {
+    let started = Instant::now();
+    let schedules: [(&str, &[usize], &[f64]); 2] = [
+        ("fixed weights 50/50", &[], &[0.5]),
+        ("weights 50/50 → 20/80 → 50/50", &[17, 34], &[0.5, 0.2, 0.5]),
+    ];
+    let mut table = format!(
+        "\n== Peeking: A/A, a look after every {PEEK_USERS_PER_LOOK} new users, {PEEK_LOOKS} looks, \
+         {PEEK_RETURN} of users returning between looks, stop at the first significant look, \
+         {PEEK_EXPERIMENTS} experiments per schedule ==\n{:<34} {:>22} {:>22}\n",
+        "schedule", "fixed-horizon FPR", "sequential FPR"
+    );
+    let mut rates = Vec::new();
+    for (k, (name, changes, weights)) in schedules.iter().enumerate() {
+        let found = par_map(PEEK_EXPERIMENTS, |e| {
+            peek_experiment(seed(500 + k as u64, e), changes, weights)
+        });
+        let n = found.len() as f64;
+        let fixed = found.iter().filter(|f| f.0).count() as f64 / n;
+        let sequential = found.iter().filter(|f| f.1).count() as f64 / n;
+        table += &format!("{name:<34} {:>22} {:>22}\n", pct(fixed), pct(sequential));
+        rates.push((fixed, sequential));
+    }
+    table += &format!("wall time {:.1} s\n", started.elapsed().as_secs_f64());
+    eprintln!("{table}");
+    for (fixed, sequential) in rates {
+        assert!(sequential <= 0.05, "sequential FPR {sequential} over 5%");
+        assert!(
+            fixed > 0.10,
+            "peeking at fixed-horizon intervals should inflate the FPR well past 5%, got {fixed}"
+        );
+    }
 }

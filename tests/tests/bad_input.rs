@@ -507,6 +507,27 @@ fn cases() -> Vec<Case> {
             "outcome_window_days",
         ),
         post(
+            "unknown analysis",
+            "/v1/experiments",
+            experiment(json!({"analysis": {"method": "bayesian"}})),
+            400,
+            "analysis.method",
+        ),
+        post(
+            "sequential tuning of zero",
+            "/v1/experiments",
+            experiment(json!({"analysis": {"method": "sequential", "tuning": 0}})),
+            400,
+            "analysis.tuning",
+        ),
+        post(
+            "tuning for a fixed-horizon analysis",
+            "/v1/experiments",
+            experiment(json!({"analysis": {"method": "fixed_horizon", "tuning": 100}})),
+            400,
+            "analysis.tuning",
+        ),
+        post(
             "reweight interval zero",
             "/v1/experiments",
             experiment(json!({"reweight_interval_s": 0})),

@@ -132,6 +132,35 @@ async fn results_match_hand_computed_numbers_and_csv_agrees() {
     ));
     assert_eq!(report["srm"]["mismatch"], false);
     assert_eq!(report["method"], "pooled");
+    // Sequential by default: the confidence sequence of the same lift, from
+    // the same estimate and standard error, after the arms' 420 users.
+    assert_eq!(report["analysis"]["method"], "sequential", "{report}");
+    assert_eq!(report["analysis"]["tuning"], 5000.0);
+    let sequential = &report["comparisons"][0]["sequential"];
+    let expected = domain::stats::sequential_lift(
+        lift.abs_lift.zip(lift.abs_std_error),
+        lift.rel_lift.zip(lift.rel_std_error),
+        420,
+        5000.0,
+    );
+    assert_eq!(sequential["n"], 420);
+    assert!(close(
+        sequential["abs_ci"]["low"].as_f64().unwrap(),
+        expected.abs_ci.unwrap().low
+    ));
+    assert!(close(
+        sequential["rel_ci"]["high"].as_f64().unwrap(),
+        expected.rel_ci.unwrap().high
+    ));
+    assert!(
+        sequential["abs_ci"]["low"].as_f64().unwrap()
+            < comparison["abs_ci"]["low"].as_f64().unwrap(),
+        "wider than the fixed-horizon interval"
+    );
+    assert_eq!(
+        report["comparisons"][0]["significant"],
+        serde_json::json!(expected.significant)
+    );
     assert_eq!(report["daily"].as_array().unwrap().len(), 2);
 
     // The CSV carries the same numbers.
@@ -297,6 +326,33 @@ async fn a_reweighted_experiment_reports_and_exports_the_cohort_lift() {
         estimate
     ));
     sqlx::query("UPDATE experiments SET outcome_window_days = NULL WHERE key = 'home'")
+        .execute(&stack.pg)
+        .await
+        .unwrap();
+
+    // A fixed-horizon experiment decides by the p-value of the same headline.
+    sqlx::query("UPDATE experiments SET analysis = 'fixed_horizon' WHERE key = 'home'")
+        .execute(&stack.pg)
+        .await
+        .unwrap();
+    let fixed: Value = get("/v1/experiments/home/results")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        fixed["report"]["analysis"]["method"], "fixed_horizon",
+        "{fixed}"
+    );
+    let headline_p = fixed["report"]["comparisons"][0]["cohort"]["combined"]["p_value"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(
+        fixed["report"]["comparisons"][0]["significant"],
+        serde_json::json!(headline_p < 0.05)
+    );
+    sqlx::query("UPDATE experiments SET analysis = 'sequential' WHERE key = 'home'")
         .execute(&stack.pg)
         .await
         .unwrap();

@@ -17,6 +17,7 @@ use domain::experiment::{
 };
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
 use domain::ports::pipeline::{ArmWeight, PublishedWeights, WeightsPublisher};
+use domain::stats::{Analysis, DEFAULT_TUNING};
 use domain::ValidationError;
 use repositories::postgres::experiments::{Change, ExperimentRecord};
 use repositories::RepoError;
@@ -83,6 +84,10 @@ pub struct NewExperiment {
     /// measured alike. Default: the whole exposure.
     #[schema(example = 7)]
     pub outcome_window_days: Option<u16>,
+    /// How results are read: `{"method": "sequential", "tuning": 5000}` (the
+    /// default: confidence sequences valid at every look, tightest near
+    /// `tuning` users of both arms, 1 to 1e9) or `{"method": "fixed_horizon"}`.
+    pub analysis: Option<AnalysisInput>,
     /// Fraction of users in the experiment, in (0, 1]. Default 1.
     pub coverage: Option<f64>,
     /// Seed of the assignment hash; generated when absent.
@@ -91,6 +96,38 @@ pub struct NewExperiment {
     pub hash_version: Option<i64>,
     /// At least two, in bucket order (the order defines the hash ranges).
     pub arms: Vec<ArmInput>,
+}
+
+/// The analysis of a new experiment.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisInput {
+    /// `sequential` (default) or `fixed_horizon`.
+    #[schema(example = "sequential")]
+    pub method: Option<String>,
+    /// N* of the confidence sequences (sequential only). Default 5000.
+    #[schema(example = 5000)]
+    pub tuning: Option<f64>,
+}
+
+fn analysis_from(input: Option<AnalysisInput>) -> Result<Analysis, ValidationError> {
+    let Some(input) = input else {
+        return Ok(Analysis::default());
+    };
+    match input.method.as_deref().unwrap_or("sequential") {
+        "sequential" => Ok(Analysis::Sequential {
+            tuning: input.tuning.unwrap_or(DEFAULT_TUNING),
+        }),
+        "fixed_horizon" if input.tuning.is_some() => Err(ValidationError::new(
+            "analysis.tuning",
+            "applies to the sequential analysis only",
+        )),
+        "fixed_horizon" => Ok(Analysis::FixedHorizon),
+        _ => Err(ValidationError::new(
+            "analysis.method",
+            "must be sequential or fixed_horizon",
+        )),
+    }
 }
 
 /// Bandit settings of a new experiment; each field has its default when absent.
@@ -145,6 +182,9 @@ pub struct ExperimentView {
     pub bandit: BanditView,
     /// Days after first exposure a user is measured over; null = whole exposure.
     pub outcome_window_days: Option<u16>,
+    /// `{"method": "sequential", "tuning": N*}` or `{"method": "fixed_horizon"}`.
+    #[schema(value_type = Object)]
+    pub analysis: Analysis,
     pub coverage: f64,
     pub salt: String,
     pub hash_version: u8,
@@ -173,6 +213,7 @@ impl From<&ExperimentRecord> for ExperimentView {
                 top_two: e.bandit().top_two,
             },
             outcome_window_days: e.outcome_window_days(),
+            analysis: e.analysis(),
             coverage: e.coverage(),
             salt: e.salt().to_owned(),
             hash_version: e.hash_version().number(),
@@ -330,6 +371,7 @@ fn spec_from(input: NewExperiment) -> Result<(ExperimentSpec, String), Validatio
             }
         },
         outcome_window_days: input.outcome_window_days,
+        analysis: analysis_from(input.analysis)?,
         arms: arms_from(input.arms)?,
     };
     Ok((spec, input.description))

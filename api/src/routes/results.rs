@@ -262,6 +262,12 @@ pub async fn load_results(
         periods,
         cohorts: cohort_counts,
         outcome_window_days,
+        analysis: match experiment.analysis.as_str() {
+            "fixed_horizon" => domain::stats::Analysis::FixedHorizon,
+            _ => domain::stats::Analysis::Sequential {
+                tuning: experiment.sequential_tuning,
+            },
+        },
     })
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored aggregates are inconsistent: {e}")))?;
     Ok(ResultsResponse {

@@ -242,9 +242,16 @@ pub struct ExperimentSpec {
     /// sums the whole exposure.
     #[serde(default)]
     pub outcome_window_days: Option<u16>,
+    /// How its results are read: confidence sequences valid at every look
+    /// (the default) or one planned look.
+    #[serde(default)]
+    pub analysis: crate::stats::Analysis,
     /// Arms in bucket order: the order defines the hash ranges, so never reorder.
     pub arms: Vec<Arm>,
 }
+
+/// Largest N* a sequential analysis may be tuned for (users of both arms).
+pub const MAX_SEQUENTIAL_TUNING: f64 = 1e9;
 
 /// Most users a burn-in may ask for per arm (INT in PostgreSQL, and beyond it
 /// the bandit would never start on any real catalogue).
@@ -403,6 +410,11 @@ impl Experiment {
         self.spec.outcome_window_days
     }
 
+    /// How the results are read.
+    pub fn analysis(&self) -> crate::stats::Analysis {
+        self.spec.analysis
+    }
+
     pub fn reweight_interval_s(&self) -> u32 {
         self.spec.reweight_interval_s
     }
@@ -495,6 +507,14 @@ fn validate(spec: &ExperimentSpec) -> Result<(), ValidationError> {
             ));
         }
     }
+    if let crate::stats::Analysis::Sequential { tuning } = spec.analysis {
+        if !(tuning.is_finite() && (1.0..=MAX_SEQUENTIAL_TUNING).contains(&tuning)) {
+            return Err(ValidationError::new(
+                "analysis.tuning",
+                format!("must be between 1 and {MAX_SEQUENTIAL_TUNING}"),
+            ));
+        }
+    }
     let n = spec.arms.len();
     if n < 2 {
         return Err(ValidationError::new("arms", "need at least two arms"));
@@ -565,6 +585,7 @@ pub(crate) mod tests {
             reweight_interval_s: 300,
             bandit: BanditSettings::default(),
             outcome_window_days: None,
+            analysis: Default::default(),
             arms: weights
                 .iter()
                 .enumerate()

@@ -20,6 +20,8 @@ pub struct Comparison {
     pub rel_lift: Option<f64>,
     /// 95% delta-method interval for `rel_lift`.
     pub rel_ci: Option<Interval>,
+    /// Delta-method standard error of `rel_lift`.
+    pub rel_std_error: Option<f64>,
     /// Two-sided z-test p-value for `abs_lift` = 0; `None` when both variances are 0.
     pub p_value: Option<f64>,
     /// P(treatment > control) under the normal approximation to the difference.
@@ -40,6 +42,7 @@ pub fn compare(control: &MetricEstimate, treatment: &MetricEstimate) -> Comparis
         abs_ci: None,
         rel_lift: None,
         rel_ci: None,
+        rel_std_error: None,
         p_value: None,
         chance_to_beat: None,
         expected_loss: None,
@@ -72,7 +75,10 @@ pub fn compare(control: &MetricEstimate, treatment: &MetricEstimate) -> Comparis
         if c != 0.0 {
             let ratio = t / c;
             let var_rel = var_t / (c * c) + t * t * var_c / (c * c * c * c);
-            out.rel_ci = finite(Some(var_rel)).map(|v| Interval::normal_95(ratio - 1.0, v.sqrt()));
+            out.rel_std_error = finite(Some(var_rel)).map(f64::sqrt);
+            out.rel_ci = out
+                .rel_std_error
+                .map(|se| Interval::normal_95(ratio - 1.0, se));
         }
     }
     if c != 0.0 {

@@ -7,6 +7,7 @@
 mod compare;
 mod estimate;
 pub(crate) mod normal;
+mod sequential;
 mod srm;
 mod stratified;
 
@@ -16,6 +17,10 @@ mod aa_tests;
 pub use compare::{compare, Comparison};
 pub use estimate::{
     estimate, estimate_conversion, estimate_ctr, ArmCounts, Metric, MetricEstimate,
+};
+pub use sequential::{
+    half_width as sequential_half_width, mixture_rho, sequential_lift, Analysis, SequentialLift,
+    DEFAULT_TUNING,
 };
 pub use srm::{cohort_sample_ratio, sample_ratio_mismatch, CohortSrm, SrmCheck, SRM_ALPHA};
 pub use stratified::{stratified_lift, PeriodCounts, StratifiedLift, Weighting};

@@ -44,6 +44,8 @@ struct Row {
     exploration_s: i32,
     top_two: bool,
     outcome_window_days: Option<i16>,
+    analysis: String,
+    sequential_tuning: f64,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     stopped_at: Option<DateTime<Utc>>,
@@ -52,7 +54,8 @@ struct Row {
 
 const COLUMNS: &str = "key, description, status, salt, hash_version, coverage, policy, metric, \
                        min_weight, reweight_interval_s, burn_in_users, exploration_s, top_two, \
-                       outcome_window_days, created_at, started_at, stopped_at, last_reweight_at";
+                       outcome_window_days, analysis, sequential_tuning, created_at, started_at, \
+                       stopped_at, last_reweight_at";
 
 fn record(row: Row, arms: &[&ArmRow]) -> RepoResult<ExperimentRecord> {
     let as_reweight = ExperimentRow {
@@ -69,6 +72,8 @@ fn record(row: Row, arms: &[&ArmRow]) -> RepoResult<ExperimentRecord> {
         exploration_s: row.exploration_s,
         top_two: row.top_two,
         outcome_window_days: row.outcome_window_days,
+        analysis: row.analysis,
+        sequential_tuning: row.sequential_tuning,
         last_reweight_at: row.last_reweight_at.unwrap_or(row.created_at),
         started_at: row.started_at,
     };
@@ -155,8 +160,10 @@ async fn create(
     let inserted = sqlx::query(
         "INSERT INTO experiments (key, description, status, salt, hash_version, coverage, policy, \
                                   metric, min_weight, reweight_interval_s, burn_in_users, \
-                                  exploration_s, top_two, outcome_window_days) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (key) DO NOTHING",
+                                  exploration_s, top_two, outcome_window_days, analysis, \
+                                  sequential_tuning) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (key) DO NOTHING",
     )
     .bind(spec.key.as_str())
     .bind(description)
@@ -171,7 +178,12 @@ async fn create(
     .bind(i32::try_from(spec.bandit.burn_in_users).unwrap_or(i32::MAX))
     .bind(i32::try_from(spec.bandit.exploration_s).unwrap_or(i32::MAX))
     .bind(spec.bandit.top_two)
-    .bind(spec.outcome_window_days.map(|d| i16::try_from(d).unwrap_or(i16::MAX)))
+    .bind(
+        spec.outcome_window_days
+            .map(|d| i16::try_from(d).unwrap_or(i16::MAX)),
+    )
+    .bind(spec.analysis.name())
+    .bind(spec.analysis.tuning())
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -438,6 +450,8 @@ pub struct ResultsExperiment {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub outcome_window_days: Option<i16>,
+    pub analysis: String,
+    pub sequential_tuning: f64,
 }
 
 /// An arm as its results show it, in display order.
@@ -470,8 +484,8 @@ pub struct ResultsContext {
 
 async fn results_context(pool: &PgPool, key: &str) -> RepoResult<Option<ResultsContext>> {
     let experiment = sqlx::query_as::<_, ResultsExperiment>(
-        "SELECT key, status, policy, metric, created_at, started_at, outcome_window_days \
-         FROM experiments WHERE key = $1",
+        "SELECT key, status, policy, metric, created_at, started_at, outcome_window_days, \
+                analysis, sequential_tuning FROM experiments WHERE key = $1",
     )
     .bind(key)
     .fetch_optional(pool);

@@ -11,6 +11,7 @@ use domain::experiment::{
 };
 use domain::ids::{AlgorithmKey, ArmKey, ExperimentKey};
 use domain::ports::pipeline::{LeasedExperiment, ReweightRepository, StoreError};
+use domain::stats::Analysis;
 use domain::ValidationError;
 use sqlx::PgPool;
 
@@ -44,6 +45,8 @@ pub(crate) struct ExperimentRow {
     pub(crate) exploration_s: i32,
     pub(crate) top_two: bool,
     pub(crate) outcome_window_days: Option<i16>,
+    pub(crate) analysis: String,
+    pub(crate) sequential_tuning: f64,
     pub(crate) last_reweight_at: DateTime<Utc>,
     pub(crate) started_at: Option<DateTime<Utc>>,
 }
@@ -55,6 +58,18 @@ pub(crate) struct ArmRow {
     pub(crate) algorithm_key: String,
     pub(crate) weight: f64,
     pub(crate) is_control: bool,
+}
+
+/// The stored analysis columns as the domain's [`Analysis`].
+pub(crate) fn analysis_of(method: &str, tuning: f64) -> Result<Analysis, ValidationError> {
+    match method {
+        "sequential" => Ok(Analysis::Sequential { tuning }),
+        "fixed_horizon" => Ok(Analysis::FixedHorizon),
+        other => Err(ValidationError::new(
+            "analysis",
+            format!("unknown analysis {other:?}"),
+        )),
+    }
 }
 
 pub(crate) fn build(row: &ExperimentRow, arms: &[&ArmRow]) -> Result<Experiment, ValidationError> {
@@ -100,6 +115,7 @@ pub(crate) fn build(row: &ExperimentRow, arms: &[&ArmRow]) -> Result<Experiment,
         outcome_window_days: row
             .outcome_window_days
             .map(|d| u16::try_from(d).unwrap_or(1)),
+        analysis: analysis_of(&row.analysis, row.sequential_tuning)?,
         arms,
     })
 }
@@ -118,7 +134,7 @@ impl ReweightRepository for PgReweightRepository {
                         OR last_reweight_at <= now() - make_interval(secs => reweight_interval_s)) \
                  RETURNING key, salt, hash_version, coverage, status, policy, metric, min_weight, \
                            reweight_interval_s, burn_in_users, exploration_s, top_two, \
-                           outcome_window_days, last_reweight_at, started_at",
+                           outcome_window_days, analysis, sequential_tuning, last_reweight_at, started_at",
             )
             .fetch_all(&self.pool)
             .await?;

@@ -54,7 +54,7 @@ impl PgServing {
             let rows: Vec<ExperimentRow> = sqlx::query_as(
                 "SELECT key, salt, hash_version, coverage, status, policy, metric, min_weight, \
                         reweight_interval_s, burn_in_users, exploration_s, top_two, outcome_window_days, \
-                        COALESCE(last_reweight_at, created_at) AS last_reweight_at, started_at \
+                        analysis, sequential_tuning, COALESCE(last_reweight_at, created_at) AS last_reweight_at, started_at \
                  FROM experiments",
             )
             .fetch_all(&self.pool)
