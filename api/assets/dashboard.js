@@ -91,6 +91,26 @@ function headlineLift(c) {
   return { mid: p.rel_lift, ci: p.rel_ci, p: p.p_value, chance: p.chance_to_beat, format: (v) => pct(v, 1) };
 }
 
+// The confidence sequence of the headline lift: valid however often the page
+// is read; marked when it decides the comparison (the experiment's analysis).
+function sequentialCell(c, lift) {
+  if (!c || !c.sequential) return el("td", {}, "–");
+  const s = c.sequential;
+  const interval = c.cohort ? s.abs_ci : s.rel_ci;
+  if (!interval) return el("td", {}, "–");
+  const cell = el("td", { "data-sequential": c.arm }, `${lift.format(interval.low)} to ${lift.format(interval.high)}`);
+  if (s.significant) cell.className = interval.low > 0 ? "good" : "bad";
+  return cell;
+}
+
+// Minimum detectable effect now (relative) and the wait for a 5% lift.
+function powerCell(c) {
+  if (!c || !c.power || c.power.mde_rel === null || c.power.mde_rel === undefined) return el("td", {}, "–");
+  const days = c.power.days_to_target;
+  const wait = days === null || days === undefined ? "" : days === 0 ? " / now" : ` / ${days < 1 ? "<1" : Math.ceil(days)} d`;
+  return el("td", { "data-power": c.arm }, `±${pct(c.power.mde_rel, 1)}${wait}`);
+}
+
 // Point estimate with a CI whisker per arm; green when the CI is above 0, red when below.
 function liftChart(container, comparisons) {
   const rows = comparisons
@@ -185,7 +205,8 @@ async function renderDetail(experiment) {
   const report = results.report;
   document.getElementById("detail-title").textContent = `Experiment ${results.experiment.key}`;
   document.getElementById("detail-meta").textContent =
-    `${results.experiment.status} · ${results.experiment.policy} · metric ${results.experiment.metric} · ${results.from} to ${results.to}`;
+    `${results.experiment.status} · ${results.experiment.policy} · metric ${results.experiment.metric} · ` +
+    `${report.analysis && report.analysis.method === "fixed_horizon" ? "fixed-horizon analysis" : "sequential analysis (valid at every look)"} · ${results.from} to ${results.to}`;
 
   const warning = document.getElementById("srm-warning");
   if (report.srm && report.srm.mismatch) {
@@ -212,6 +233,7 @@ async function renderDetail(experiment) {
       el("td", {}, num(arm.impressions)), el("td", {}, num(arm.clicks)), el("td", {}, ci(arm.ctr)), el("td", {}, ci(arm.conversion)),
       liftCell, el("td", {}, lift && lift.p !== null && lift.p !== undefined ? lift.p.toFixed(4) : "–"),
       el("td", {}, lift && lift.chance !== null && lift.chance !== undefined ? pct(lift.chance, 1) : "–"),
+      sequentialCell(c, lift), powerCell(c),
     );
     body.append(row);
   }

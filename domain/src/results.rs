@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::experiment::WeightPeriod;
 use crate::ids::{AlgorithmKey, ArmKey};
 use crate::stats::{
-    cohort_sample_ratio, compare, estimate, sample_ratio_mismatch, sequential_lift,
+    cohort_sample_ratio, compare, estimate, power, sample_ratio_mismatch, sequential_lift,
     stratified_lift, Analysis, ArmCounts, Comparison, Interval, Metric, MetricEstimate,
-    PeriodCounts, SequentialLift, SrmCheck, StratifiedLift, Weighting,
+    PeriodCounts, Power, SequentialLift, SrmCheck, StratifiedLift, Weighting, DEFAULT_TARGET_REL,
 };
 use crate::ValidationError;
 
@@ -71,6 +71,9 @@ pub struct ResultsInput {
     /// How lifts are to be read: through confidence sequences (the default)
     /// or at one planned look.
     pub analysis: Analysis,
+    /// Days the experiment has run, for the power line's days to target;
+    /// `None` when unknown (never started).
+    pub running_days: Option<f64>,
 }
 
 impl ResultsInput {
@@ -128,6 +131,9 @@ pub struct ArmComparison {
     /// analysis: its confidence sequence excludes zero (sequential), or its
     /// p-value is under 0.05 (fixed horizon).
     pub significant: bool,
+    /// Minimum detectable effect of the headline lift at the users so far,
+    /// and the days until a 5% relative lift becomes detectable.
+    pub power: Power,
 }
 
 /// The cohort (assignment-period) lift of one treatment against control.
@@ -297,6 +303,21 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             Analysis::Sequential { .. } => sequential.significant,
             Analysis::FixedHorizon => fixed_significant,
         };
+        let headline_se = match &cohort {
+            Some(c) => c.combined.std_error,
+            None => pooled.abs_std_error,
+        };
+        let users_per_day = input
+            .running_days
+            .filter(|d| *d > 0.0)
+            .map(|d| users as f64 / d);
+        let power = power(
+            headline_se,
+            control_estimate.mean,
+            users,
+            users_per_day,
+            DEFAULT_TARGET_REL,
+        );
         comparisons.push(ArmComparison {
             arm: treatment.arm.clone(),
             control: control.arm.clone(),
@@ -305,6 +326,7 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             cohort,
             sequential,
             significant,
+            power,
         });
     }
 
@@ -577,6 +599,7 @@ mod tests {
             cohorts: vec![],
             outcome_window_days: None,
             analysis: Analysis::default(),
+            running_days: None,
         };
         let report = build_report(&input).unwrap();
         assert_eq!(report.method, "pooled");
@@ -647,6 +670,7 @@ mod tests {
             cohorts,
             outcome_window_days: Some(7),
             analysis: Analysis::default(),
+            running_days: None,
         };
         let report = build_report(&input).unwrap();
         assert_eq!(report.method, COHORT_METHOD);
@@ -687,6 +711,7 @@ mod tests {
             cohorts: vec![],
             outcome_window_days: None,
             analysis: Analysis::default(),
+            running_days: None,
         };
         let report = build_report(&input).unwrap();
         let csv = arms_csv(&report);

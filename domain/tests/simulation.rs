@@ -419,6 +419,7 @@ fn results_input(
         cohorts: cells,
         outcome_window_days: window,
         analysis: domain::stats::Analysis::default(),
+        running_days: None,
     }
 }
 

@@ -108,6 +108,16 @@ async fn dashboard_renders_the_arms_table_and_charts_and_warns_on_srm() {
     );
     assert!(dom.contains("Experiment home"));
     assert!(
+        dom.contains("sequential analysis (valid at every look)"),
+        "the analysis is named:\n{dom}"
+    );
+    assert_eq!(
+        count(&dom, r#"data-sequential=""#),
+        1,
+        "the treatment's always-valid interval is shown:\n{dom}"
+    );
+    assert_eq!(count(&dom, r#"data-power=""#), 1, "and its power line");
+    assert!(
         dom.contains(r#"<div id="srm-warning" class="warning" hidden="">"#),
         "no SRM warning for a 200/220 split"
     );

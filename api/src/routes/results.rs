@@ -262,6 +262,9 @@ pub async fn load_results(
         periods,
         cohorts: cohort_counts,
         outcome_window_days,
+        running_days: experiment
+            .started_at
+            .map(|s| (Utc::now() - s).num_seconds().max(0) as f64 / 86_400.0),
         analysis: match experiment.analysis.as_str() {
             "fixed_horizon" => domain::stats::Analysis::FixedHorizon,
             _ => domain::stats::Analysis::Sequential {

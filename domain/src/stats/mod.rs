@@ -7,6 +7,7 @@
 mod compare;
 mod estimate;
 pub(crate) mod normal;
+mod power;
 mod sequential;
 mod srm;
 mod stratified;
@@ -18,6 +19,7 @@ pub use compare::{compare, Comparison};
 pub use estimate::{
     estimate, estimate_conversion, estimate_ctr, ArmCounts, Metric, MetricEstimate,
 };
+pub use power::{power, Power, DEFAULT_TARGET_REL};
 pub use sequential::{
     half_width as sequential_half_width, mixture_rho, sequential_lift, Analysis, SequentialLift,
     DEFAULT_TUNING,
