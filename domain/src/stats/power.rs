@@ -59,7 +59,7 @@ pub fn power(
     };
     out.mde_rel = Some(mde / control.abs());
     let target_abs = target_rel.abs() * control.abs();
-    if users == 0 || !(target_abs > 0.0) {
+    if users == 0 || target_abs.is_nan() || target_abs <= 0.0 {
         return out;
     }
     let needed = users as f64 * (mde / target_abs).powi(2);
