@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::experiment::WeightPeriod;
 use crate::ids::{AlgorithmKey, ArmKey};
 use crate::stats::{
-    cohort_sample_ratio, compare, estimate, power, sample_ratio_mismatch, sequential_lift,
-    stratified_lift, Analysis, ArmCounts, Comparison, Interval, Metric, MetricEstimate,
-    PeriodCounts, Power, SequentialLift, SrmCheck, StratifiedLift, Weighting, DEFAULT_TARGET_REL,
+    benjamini_hochberg, cohort_sample_ratio, compare, estimate, holm, power, sample_ratio_mismatch,
+    sequential_half_width, sequential_lift, stratified_lift, Analysis, ArmCounts, Comparison,
+    Interval, Metric, MetricEstimate, PeriodCounts, Power, SequentialLift, SrmCheck,
+    StratifiedLift, Weighting, DEFAULT_TARGET_REL,
 };
 use crate::ValidationError;
 
@@ -134,6 +135,21 @@ pub struct ArmComparison {
     /// Minimum detectable effect of the headline lift at the users so far,
     /// and the days until a 5% relative lift becomes detectable.
     pub power: Power,
+    /// The headline p-value adjusted by Holm–Bonferroni across the
+    /// treatment arms (equal to the raw one with a single treatment).
+    pub p_value_holm: Option<f64>,
+    /// This arm's test on each metric (the experiment's own, as the headline,
+    /// and the other, pooled), with Benjamini–Hochberg across them.
+    pub metrics: Vec<MetricTest>,
+}
+
+/// One metric's test of a treatment against control.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricTest {
+    pub metric: Metric,
+    pub p_value: Option<f64>,
+    /// Adjusted by Benjamini–Hochberg across this arm's metrics.
+    pub p_value_bh: Option<f64>,
 }
 
 /// The cohort (assignment-period) lift of one treatment against control.
@@ -318,6 +334,12 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             users_per_day,
             DEFAULT_TARGET_REL,
         );
+        let metrics = metric_tests(
+            input.metric,
+            fixed_p(&cohort, &pooled),
+            &control.counts,
+            &treatment.counts,
+        )?;
         comparisons.push(ArmComparison {
             arm: treatment.arm.clone(),
             control: control.arm.clone(),
@@ -327,8 +349,11 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             sequential,
             significant,
             power,
+            p_value_holm: None,
+            metrics,
         });
     }
+    adjust_for_multiple_arms(&mut comparisons, input.analysis);
 
     let mut warnings = Vec::new();
     let (srm, periods) = if input.periods.is_empty() {
@@ -408,6 +433,79 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
         warnings,
         daily,
     })
+}
+
+/// The headline's fixed-horizon p-value: the cohort one once weights changed.
+fn fixed_p(cohort: &Option<CohortLift>, pooled: &Comparison) -> Option<f64> {
+    match cohort {
+        Some(c) => c.combined.p_value,
+        None => pooled.p_value,
+    }
+}
+
+/// Both metrics' tests for one arm: the primary as the headline tests it,
+/// the other pooled; Benjamini–Hochberg across the two.
+fn metric_tests(
+    primary: Metric,
+    primary_p: Option<f64>,
+    control: &ArmCounts,
+    treatment: &ArmCounts,
+) -> Result<Vec<MetricTest>, ValidationError> {
+    let mut tests = vec![MetricTest {
+        metric: primary,
+        p_value: primary_p,
+        p_value_bh: None,
+    }];
+    for other in [Metric::Ctr, Metric::Conversion] {
+        if other != primary {
+            let p = compare(&estimate(other, control)?, &estimate(other, treatment)?).p_value;
+            tests.push(MetricTest {
+                metric: other,
+                p_value: p,
+                p_value_bh: None,
+            });
+        }
+    }
+    let raw: Vec<Option<f64>> = tests.iter().map(|t| t.p_value).collect();
+    for (t, adjusted) in tests.iter_mut().zip(benjamini_hochberg(&raw)) {
+        t.p_value_bh = adjusted;
+    }
+    Ok(tests)
+}
+
+/// With several treatments, each decision is taken at the family's level:
+/// Holm-adjusted p-values for a fixed horizon, and for the sequential
+/// analysis a Bonferroni split of α among the arms' confidence sequences
+/// (Holm's step-down needs p-values the sequences do not give). The
+/// reported 95% sequences stay as they are.
+fn adjust_for_multiple_arms(comparisons: &mut [ArmComparison], analysis: Analysis) {
+    let raw: Vec<Option<f64>> = comparisons
+        .iter()
+        .map(|c| fixed_p(&c.cohort, &c.pooled))
+        .collect();
+    let arms = comparisons.len().max(1);
+    for (c, adjusted) in comparisons.iter_mut().zip(holm(&raw)) {
+        c.p_value_holm = adjusted;
+        c.significant = match analysis {
+            Analysis::FixedHorizon => adjusted.is_some_and(|p| p < 0.05),
+            Analysis::Sequential { tuning } if arms > 1 => {
+                let (estimate, std_error) = match &c.cohort {
+                    Some(k) => (k.combined.estimate, k.combined.std_error),
+                    None => (c.pooled.abs_lift, c.pooled.abs_std_error),
+                };
+                estimate.zip(std_error).is_some_and(|(e, se)| {
+                    sequential_half_width(
+                        se * se,
+                        c.sequential.n as f64,
+                        0.05 / arms as f64,
+                        tuning,
+                    )
+                    .is_some_and(|h| e.abs() > h)
+                })
+            }
+            Analysis::Sequential { .. } => c.sequential.significant,
+        };
+    }
 }
 
 /// The report's `method` once weights changed.
@@ -587,6 +685,43 @@ mod tests {
             value_count: 4,
             clicks_by_position: vec![(0, 3), (1, 1)],
         }
+    }
+
+    #[test]
+    fn several_treatments_are_decided_on_holm_adjusted_p_values() {
+        let input = ResultsInput {
+            metric: Metric::Ctr,
+            arms: vec![
+                arm("control", true, 1000, 50),
+                arm("a", false, 1000, 70),
+                arm("b", false, 1000, 62),
+            ],
+            daily: vec![],
+            periods: vec![],
+            cohorts: vec![],
+            outcome_window_days: None,
+            analysis: Analysis::FixedHorizon,
+            running_days: Some(10.0),
+        };
+        let report = build_report(&input).unwrap();
+        let raw: Vec<Option<f64>> = report
+            .comparisons
+            .iter()
+            .map(|c| c.pooled.p_value)
+            .collect();
+        let adjusted = holm(&raw);
+        for (c, adjusted) in report.comparisons.iter().zip(&adjusted) {
+            assert_eq!(c.p_value_holm, *adjusted);
+            assert_eq!(c.significant, adjusted.unwrap() < 0.05);
+            assert!(c.p_value_holm.unwrap() >= c.pooled.p_value.unwrap());
+            // Both metrics, the primary first, BH across them.
+            assert_eq!(c.metrics.len(), 2);
+            assert_eq!(c.metrics[0].metric, Metric::Ctr);
+            let bh = benjamini_hochberg(&[c.metrics[0].p_value, c.metrics[1].p_value]);
+            assert_eq!(vec![c.metrics[0].p_value_bh, c.metrics[1].p_value_bh], bh);
+            assert!(c.power.mde_abs.is_some() && c.power.days_to_target.is_some());
+        }
+        assert_eq!(report.analysis, Analysis::FixedHorizon);
     }
 
     #[test]

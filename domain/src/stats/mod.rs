@@ -6,6 +6,7 @@
 
 mod compare;
 mod estimate;
+mod multiple;
 pub(crate) mod normal;
 mod power;
 mod sequential;
@@ -19,6 +20,7 @@ pub use compare::{compare, Comparison};
 pub use estimate::{
     estimate, estimate_conversion, estimate_ctr, ArmCounts, Metric, MetricEstimate,
 };
+pub use multiple::{benjamini_hochberg, holm};
 pub use power::{power, Power, DEFAULT_TARGET_REL};
 pub use sequential::{
     half_width as sequential_half_width, mixture_rho, sequential_lift, Analysis, SequentialLift,
