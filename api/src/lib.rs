@@ -14,4 +14,3 @@ pub mod routes;
 pub mod serving;
 pub mod startup;
 pub mod state;
-pub mod telemetry;

@@ -3,9 +3,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use marquee_api::config::ApiConfig;
-use marquee_api::startup::{migrate_with_retry, Application};
-use marquee_api::telemetry;
+use marquee_api::startup::{Application, MIGRATE_LIMIT};
 use repositories::postgres::api_keys::Role;
+use repositories::runtime::{self, migrate_with_retry};
 use repositories::stores::Stores;
 use uuid::Uuid;
 
@@ -63,7 +63,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_tracing();
+    runtime::init_tracing();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(cli.config).await?;
@@ -71,7 +71,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let stores = Stores::open(&cli.config.stack).context("opening store clients")?;
-            migrate_with_retry(&stores).await?;
+            migrate_with_retry(&stores, MIGRATE_LIMIT)
+                .await
+                .context("migrating stores")?;
             println!("migrations applied: postgres, clickhouse, kafka topics, s3 bucket");
             Ok(())
         }

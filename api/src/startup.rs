@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::Request;
@@ -11,6 +11,7 @@ use axum::middleware;
 use axum::serve::ListenerExt;
 use axum::Router;
 use repositories::kafka::{BufferedProducer, EventProducer};
+use repositories::runtime::migrate_with_retry;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,13 +22,15 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::ApiConfig;
+
+/// How long start-up waits for the stores to accept the migrations.
+pub const MIGRATE_LIMIT: Duration = Duration::from_secs(30);
 use crate::http_metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::serving::background::{self, RefreshIntervals};
 use crate::serving::{CacheSettings, Serving, ServingMetrics};
 use crate::state::{AppState, Services};
-use crate::telemetry;
 
 /// Longest wait at shutdown for queued impressions and assignments to be written.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
@@ -52,10 +55,12 @@ impl Application {
         // First: counters registered before the recorder exists are bound to
         // the no-op recorder for good (the serving counters are registered
         // once, below), and would never reach /metrics.
-        let prometheus = telemetry::prometheus();
+        let prometheus = repositories::runtime::prometheus();
         let stores = Stores::open(&config.stack).context("opening store clients")?;
         if config.migrate_on_start {
-            migrate_with_retry(&stores).await?;
+            migrate_with_retry(&stores, MIGRATE_LIMIT)
+                .await
+                .context("migrating stores (gave up after 30 s)")?;
         }
         let shutdown = CancellationToken::new();
         // The background tasks stop only after the server has: requests still
@@ -180,7 +185,7 @@ impl Application {
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = shutdown_signal() => {}
+                    _ = repositories::runtime::shutdown_signal() => {}
                 }
                 tracing::info!("shutting down: finishing in-flight requests");
             })
@@ -199,50 +204,6 @@ impl Application {
             );
         }
         Ok(())
-    }
-}
-
-/// Migrate, retrying while the stores come up (e.g. all started together by compose).
-pub async fn migrate_with_retry(stores: &Stores) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(200);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match stores.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migration failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context("migrating stores (gave up after 30s)"))
-            }
-        }
-    }
-}
-
-/// SIGTERM (orchestrators) or Ctrl-C (terminals).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }
 

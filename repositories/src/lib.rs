@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod prometheus;
 pub mod redis;
 pub mod redis_serving;
+pub mod runtime;
 pub mod s3;
 pub mod settings;
 pub mod stores;

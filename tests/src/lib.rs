@@ -109,7 +109,7 @@ impl Drop for TestApi {
 /// Start the api against `stack`, letting the test adjust the config first.
 pub async fn spawn_api(stack: &TestStack, adjust: impl FnOnce(&mut ApiConfig)) -> TestApi {
     // Logs of the in-process api show in a failing test's output (level from RUST_LOG).
-    marquee_api::telemetry::init_tracing();
+    repositories::runtime::init_tracing();
     let mut config = ApiConfig::local_defaults();
     config.stack = stack.settings.clone();
     config.port = 0;

@@ -152,7 +152,7 @@ pub fn worker_child_main() {
     if std::env::var(CHILD_ENV).is_err() {
         return;
     }
-    marquee_worker::telemetry::init_tracing();
+    repositories::runtime::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

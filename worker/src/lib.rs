@@ -15,5 +15,4 @@ pub mod models;
 pub mod seed;
 pub mod simulate;
 pub mod startup;
-pub mod telemetry;
 pub mod train;

@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use marquee_worker::bench;
 use marquee_worker::config::WorkerConfig;
-use marquee_worker::startup::{migrate_with_retry, wait_for_dependencies, Worker};
-use marquee_worker::{bench, telemetry};
+use marquee_worker::startup::{wait_for_dependencies, Worker};
+use repositories::runtime::{self, migrate_with_retry};
 use repositories::stores::Stores;
 
 #[derive(Parser)]
@@ -56,7 +57,9 @@ async fn command_stores(config: &WorkerConfig) -> anyhow::Result<Stores> {
     let limit = std::time::Duration::from_secs(config.startup_timeout_s);
     let stores = Stores::open(&config.stack).context("opening store clients")?;
     if config.migrate_on_start {
-        migrate_with_retry(&stores, limit).await?;
+        migrate_with_retry(&stores, limit)
+            .await
+            .context("migrating stores")?;
     }
     Ok(stores)
 }
@@ -82,7 +85,7 @@ fn print_load(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_tracing();
+    runtime::init_tracing();
     let limit = std::time::Duration::from_secs(cli.config.startup_timeout_s);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
@@ -91,7 +94,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let stores = Stores::open(&cli.config.stack).context("opening store clients")?;
-            migrate_with_retry(&stores, limit).await?;
+            migrate_with_retry(&stores, limit)
+                .await
+                .context("migrating stores")?;
             wait_for_dependencies(&stores, limit).await?;
             println!("migrations applied: postgres, clickhouse, kafka topics, s3 bucket");
             Ok(())

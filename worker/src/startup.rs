@@ -14,6 +14,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::Consumer;
 use repositories::clickhouse::Analytics;
+use repositories::runtime::migrate_with_retry;
 use repositories::stores::Stores;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,6 @@ use crate::consumer::{EventConsumer, Pipeline, PipelineSettings, Sinks};
 use crate::dlq::DeadLetterQueue;
 use crate::loops::{hot_movies_loop, lag_loop, Reweighter};
 use crate::models::ModelLoop;
-use crate::telemetry;
 
 /// A worker that reached all five dependencies, migrated and subscribed.
 pub struct Worker {
@@ -41,13 +41,17 @@ impl Worker {
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
         // Before anything can count (migration recovers ingest batches and
         // counts them): metrics recorded before the recorder exists are lost.
-        telemetry::prometheus();
+        repositories::runtime::prometheus();
         let stores = Stores::open(&config.stack).context("opening store clients")?;
         let deadline = Duration::from_secs(config.startup_timeout_s);
         // Migrate first: on a fresh deployment the ClickHouse database and the
         // bucket the readiness probes look at exist only after it.
         if config.migrate_on_start {
-            migrate_with_retry(&stores, deadline).await?;
+            migrate_with_retry(&stores, deadline)
+                .await
+                .with_context(|| {
+                    format!("migrating stores (gave up after {}s)", deadline.as_secs())
+                })?;
         }
         wait_for_dependencies(&stores, deadline).await?;
         let kafka = config.stack.kafka();
@@ -112,7 +116,7 @@ impl Worker {
         tokio::spawn(async move {
             tokio::select! {
                 _ = signal_token.cancelled() => {}
-                _ = shutdown_signal() => {
+                _ = repositories::runtime::shutdown_signal() => {
                     tracing::info!("signal received: finishing the current batch");
                     signal_token.cancel();
                 }
@@ -123,7 +127,7 @@ impl Worker {
             let router = Router::new()
                 .route("/metrics", get(render_metrics))
                 .route("/health/live", get(|| async { "ok" }))
-                .with_state(telemetry::prometheus());
+                .with_state(repositories::runtime::prometheus());
             let token = shutdown.clone();
             tokio::spawn(async move {
                 axum::serve(listener, router)
@@ -251,52 +255,5 @@ pub async fn wait_for_dependencies(stores: &Stores, limit: Duration) -> anyhow::
         tracing::warn!(down = %summary, retry_in_ms = delay.as_millis() as u64, "waiting for dependencies");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(3));
-    }
-}
-
-/// Migrate, retrying while the stores settle.
-pub async fn migrate_with_retry(stores: &Stores, limit: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match stores.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(e) if started.elapsed() < limit => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migration failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(3));
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "migrating stores (gave up after {}s)",
-                    limit.as_secs()
-                )))
-            }
-        }
-    }
-}
-
-/// SIGTERM (orchestrators) or Ctrl-C (terminals).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }
