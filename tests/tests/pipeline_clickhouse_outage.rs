@@ -2,7 +2,8 @@
 //! through a TCP proxy the test stops): the worker backs off with its
 //! partitions paused, commits nothing that is not written, and finishes with
 //! every event exactly once when ClickHouse is back. Redis down for 30 s
-//! slows nothing that matters: the ledger alone deduplicates.
+//! slows nothing that matters: the ledger alone deduplicates. The broker
+//! down for 20 s mid-stream: the worker resumes where its commits left off.
 
 use std::time::{Duration, Instant};
 
@@ -196,6 +197,93 @@ async fn with_redis_down_for_30_s_ingestion_goes_on_and_counts_each_event_once()
     assert_eq!(
         wait_for_zero_lag(&stack, &group, Duration::from_secs(10)).await,
         0
+    );
+    worker.stop().await;
+}
+
+/// A Tansu broker of this test's own (the shared one serves every other
+/// test): stopped and started with `scripts/stack.sh kafka-down|kafka-up`,
+/// its store kept across the restart, as a real broker's log is.
+struct OwnBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let broker = Self {
+            dir: std::env::temp_dir()
+                .join(format!("marquee-broker-{}", uuid::Uuid::new_v4().simple())),
+            port: free_port(),
+        };
+        broker.run("kafka-up");
+        broker
+    }
+
+    fn run(&self, command: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/stack.sh");
+        let status = std::process::Command::new(script)
+            .arg(command)
+            .env("MARQUEE_STACK_DIR", &self.dir)
+            .env("MARQUEE_KAFKA_PORT", self.port.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/stack.sh");
+        assert!(status.success(), "scripts/stack.sh {command} failed");
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.run("kafka-down");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_for_20_s_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let broker = OwnBroker::start();
+    let stack = TestStack::fresh_with(|s| s.kafka_brokers = broker.address()).await;
+    // Small batches, so the outage finds the worker with work in hand: what
+    // it fetched before goes on being stored while its commits fail.
+    let worker = spawn_worker(&stack, |c| c.batch_size = 300).await;
+    let topic = stack.settings.events_topic.clone();
+    let producer = producer(&stack);
+    let total = 20_000u64;
+    let events = mixed_events(total as usize, 4_000, 0);
+    produce_events(&producer, &topic, &events[..12_000]).await;
+    let started = Instant::now();
+    while clickhouse_counts(&stack).await.1 < 1_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no progress before the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Down while about half of what was produced is still to be consumed.
+    broker.run("kafka-down");
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = clickhouse_counts(&stack).await.1;
+    broker.run("kafka-up");
+    println!(
+        "broker down {:.1} s; {during} of 12000 events in ClickHouse when it came back",
+        down_at.elapsed().as_secs_f64()
+    );
+    produce_events(&producer, &topic, &events[12_000..]).await;
+
+    let (rows, unique) = wait_for_events(&stack, total, Duration::from_secs(120)).await;
+    assert_eq!(unique, total, "none missing");
+    assert_eq!(rows, total, "none twice after FINAL");
+    assert_eq!(
+        clickhouse_raw_rows(&stack).await,
+        total,
+        "none twice even before merges"
     );
     worker.stop().await;
 }
