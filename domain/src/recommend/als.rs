@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::csr::Csr;
 use crate::ids::{MovieId, UserId};
 use crate::recommend::{Dataset, InteractionKind, Recommender, ScoredItem};
 use crate::ValidationError;
@@ -134,25 +135,8 @@ impl AlsParams {
     }
 }
 
-/// Compressed sparse rows: row `r` owns `indices/values[indptr[r]..indptr[r + 1]]`.
-#[derive(Debug, Clone)]
-struct Csr {
-    indptr: Vec<usize>,
-    indices: Vec<u32>,
-    /// `c − 1 = α·r`: the solver only ever needs the excess over the baseline confidence.
-    values: Vec<f32>,
-}
-
+/// ALS's user→item confidences.
 impl Csr {
-    fn rows(&self) -> usize {
-        self.indptr.len().saturating_sub(1)
-    }
-
-    fn row(&self, r: usize) -> (&[u32], &[f32]) {
-        let span = self.indptr[r]..self.indptr[r + 1];
-        (&self.indices[span.clone()], &self.values[span])
-    }
-
     /// User→item matrix with duplicate pairs summed; interactions whose indices fall
     /// outside the dataset's tables are ignored rather than trusted.
     fn user_items(data: &Dataset, params: &AlsParams) -> Self {
@@ -180,11 +164,11 @@ impl Csr {
         }
 
         let mut out = Csr {
-            indptr: Vec::with_capacity(n_users + 1),
-            indices: Vec::with_capacity(entries.len()),
-            values: Vec::with_capacity(entries.len()),
+            ptr: Vec::with_capacity(n_users + 1),
+            idx: Vec::with_capacity(entries.len()),
+            val: Vec::with_capacity(entries.len()),
         };
-        out.indptr.push(0);
+        out.ptr.push(0);
         for u in 0..n_users {
             let row = &mut entries[indptr[u]..indptr[u + 1]];
             row.sort_unstable_by_key(|&(item, _)| item);
@@ -198,41 +182,13 @@ impl Csr {
                 }
                 // A zero-weight pair carries no preference, so it is not a positive at all.
                 if r > 0.0 {
-                    out.indices.push(item);
-                    out.values.push(params.alpha * r);
+                    out.idx.push(item);
+                    out.val.push(params.alpha * r);
                 }
             }
-            out.indptr.push(out.indices.len());
+            out.ptr.push(out.idx.len());
         }
         out
-    }
-
-    /// The same matrix by columns; rows of the result come out sorted by construction.
-    fn transpose(&self, n_cols: usize) -> Self {
-        let mut indptr = vec![0usize; n_cols + 1];
-        for &c in &self.indices {
-            indptr[c as usize + 1] += 1;
-        }
-        for c in 0..n_cols {
-            indptr[c + 1] += indptr[c];
-        }
-        let mut cursor = indptr.clone();
-        let mut indices = vec![0u32; self.indices.len()];
-        let mut values = vec![0f32; self.values.len()];
-        for r in 0..self.rows() {
-            let (cols, vals) = self.row(r);
-            for (&c, &v) in cols.iter().zip(vals) {
-                let slot = &mut cursor[c as usize];
-                indices[*slot] = r as u32;
-                values[*slot] = v;
-                *slot += 1;
-            }
-        }
-        Csr {
-            indptr,
-            indices,
-            values,
-        }
     }
 }
 
@@ -276,8 +232,8 @@ pub fn fit(data: &Dataset, params: &AlsParams) -> AlsModel {
         items: data.items.clone(),
         user_factors,
         item_factors,
-        seen_indptr: user_items.indptr,
-        seen_indices: user_items.indices,
+        seen_indptr: user_items.ptr,
+        seen_indices: user_items.idx,
         filter_seen: true,
     })
 }
@@ -324,13 +280,13 @@ fn solve_side(
     };
 
     if threads <= 1 {
-        solve_rows(&ctx, 0..csr.rows(), xs);
+        solve_rows(&ctx, 0..csr.n_rows(), xs);
         return;
     }
     // More chunks than threads, handed out from a shared counter, so a thread that drew
     // light rows keeps working. Every row's arithmetic is independent of the split, so
     // results are identical for any thread count.
-    let bounds = balanced_bounds(&csr.indptr, f, threads * CHUNKS_PER_THREAD);
+    let bounds = balanced_bounds(&csr.ptr, f, threads * CHUNKS_PER_THREAD);
     let mut chunks = Vec::with_capacity(bounds.len());
     let mut rest = xs;
     for w in bounds.windows(2) {
@@ -1553,12 +1509,12 @@ mod tests {
             ..AlsParams::default()
         };
         let csr = Csr::user_items(&data, &params);
-        assert_eq!(csr.indptr, vec![0, 2]);
-        assert_eq!(csr.indices, vec![0, 1]);
-        assert_eq!(csr.values, vec![40.0, 10.0]);
+        assert_eq!(csr.ptr, vec![0, 2]);
+        assert_eq!(csr.idx, vec![0, 1]);
+        assert_eq!(csr.val, vec![40.0, 10.0]);
         let t = csr.transpose(2);
-        assert_eq!(t.indptr, vec![0, 1, 2]);
-        assert_eq!(t.values, vec![40.0, 10.0]);
+        assert_eq!(t.ptr, vec![0, 1, 2]);
+        assert_eq!(t.val, vec![40.0, 10.0]);
     }
 
     #[test]

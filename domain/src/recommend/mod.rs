@@ -6,6 +6,7 @@
 
 pub mod als;
 pub mod cold_start;
+mod csr;
 pub mod evaluation;
 pub mod format;
 pub mod item_knn;
