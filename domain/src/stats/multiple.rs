@@ -8,15 +8,21 @@
 //! form statsmodels' `multipletests` reports, so a test is rejected at level
 //! α exactly when its adjusted p-value is under α.
 
-/// Holm's step-down adjusted p-values, in the input's order; `None` stays `None`
-/// and does not count as a test.
-pub fn holm(p: &[Option<f64>]) -> Vec<Option<f64>> {
+/// The defined p-values with their positions, smallest first (ties by position).
+fn ascending(p: &[Option<f64>]) -> Vec<(usize, f64)> {
     let mut order: Vec<(usize, f64)> = p
         .iter()
         .enumerate()
         .filter_map(|(i, p)| p.filter(|v| v.is_finite()).map(|v| (i, v)))
         .collect();
     order.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    order
+}
+
+/// Holm's step-down adjusted p-values, in the input's order; `None` stays `None`
+/// and does not count as a test.
+pub fn holm(p: &[Option<f64>]) -> Vec<Option<f64>> {
+    let order = ascending(p);
     let m = order.len();
     let mut out = vec![None; p.len()];
     let mut running = 0.0f64;
@@ -29,12 +35,7 @@ pub fn holm(p: &[Option<f64>]) -> Vec<Option<f64>> {
 
 /// Benjamini–Hochberg step-up adjusted p-values, in the input's order.
 pub fn benjamini_hochberg(p: &[Option<f64>]) -> Vec<Option<f64>> {
-    let mut order: Vec<(usize, f64)> = p
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.filter(|v| v.is_finite()).map(|v| (i, v)))
-        .collect();
-    order.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let order = ascending(p);
     let m = order.len();
     let mut out = vec![None; p.len()];
     let mut running = 1.0f64;
