@@ -23,6 +23,10 @@ pub enum EventKind {
     View,
     Like,
     Conversion,
+    /// The user marked the movie as disliked: negative feedback.
+    Dislike,
+    /// The user asked not to be shown the movie again: negative feedback.
+    NotInterested,
 }
 
 impl EventKind {
@@ -33,7 +37,14 @@ impl EventKind {
             Self::View => "view",
             Self::Like => "like",
             Self::Conversion => "conversion",
+            Self::Dislike => "dislike",
+            Self::NotInterested => "not_interested",
         }
+    }
+
+    /// A user's "not this one": the movie leaves their lists at once.
+    pub fn is_negative(self) -> bool {
+        matches!(self, Self::Dislike | Self::NotInterested)
     }
 
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
@@ -43,9 +54,11 @@ impl EventKind {
             "view" => Ok(Self::View),
             "like" => Ok(Self::Like),
             "conversion" => Ok(Self::Conversion),
+            "dislike" => Ok(Self::Dislike),
+            "not_interested" => Ok(Self::NotInterested),
             _ => Err(ValidationError::new(
                 "type",
-                "must be one of impression, click, view, like, conversion",
+                "must be one of impression, click, view, like, conversion, dislike, not_interested",
             )),
         }
     }
@@ -217,7 +230,8 @@ impl RawEvent {
         }
         let user_id = UserId::parse(required("user_id", self.user_id)?)?;
         let movie_id = self.movie_id.map(MovieId::parse).transpose()?;
-        if matches!(kind, EventKind::Click | EventKind::View | EventKind::Like)
+        if (matches!(kind, EventKind::Click | EventKind::View | EventKind::Like)
+            || kind.is_negative())
             && movie_id.is_none()
         {
             return Err(ValidationError::new(

@@ -33,6 +33,9 @@ pub struct ArmTotals {
     /// Sum and count of event values (e.g. watch time), for the mean.
     pub value_sum: f64,
     pub value_count: u64,
+    /// Negative feedback credited to the arm: dislikes and "not interested".
+    pub dislikes: u64,
+    pub not_interested: u64,
     /// Clicks per served position (0-based), ascending by position.
     pub clicks_by_position: Vec<(i16, u64)>,
 }
@@ -102,6 +105,11 @@ pub struct ArmReport {
     pub conversion: MetricEstimate,
     pub views_per_user: Option<f64>,
     pub likes_per_user: Option<f64>,
+    pub dislikes: u64,
+    pub not_interested: u64,
+    /// (dislikes + not interested) per user: a guardrail an arm that serves
+    /// unwanted movies fails.
+    pub negatives_per_user: Option<f64>,
     pub mean_value: Option<f64>,
     pub clicks_by_position: Vec<PositionClicks>,
 }
@@ -263,6 +271,9 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             conversion: estimate(Metric::Conversion, c).map_err(field)?,
             views_per_user: per_user(totals.views, c.users),
             likes_per_user: per_user(totals.likes, c.users),
+            dislikes: totals.dislikes,
+            not_interested: totals.not_interested,
+            negatives_per_user: per_user(totals.dislikes + totals.not_interested, c.users),
             mean_value: (totals.value_count > 0)
                 .then(|| totals.value_sum / totals.value_count as f64),
             clicks_by_position: totals
@@ -683,6 +694,8 @@ mod tests {
             conversion_events: clickers / 2,
             value_sum: 100.0,
             value_count: 4,
+            dislikes: 2,
+            not_interested: 1,
             clicks_by_position: vec![(0, 3), (1, 1)],
         }
     }

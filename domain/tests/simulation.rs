@@ -370,6 +370,8 @@ fn arm_totals(arm: &str, is_control: bool, weight: f64, counts: ArmCounts) -> Ar
         conversion_events: counts.conversions,
         value_sum: 0.0,
         value_count: 0,
+        dislikes: 0,
+        not_interested: 0,
         clicks_by_position: vec![],
     }
 }

@@ -674,3 +674,89 @@ async fn lists_the_model_loop_rewrites_are_served_at_once_despite_the_list_cache
         "the new list serves within a second, long before the 10-minute list cache lifetime"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dislike_takes_the_movie_out_of_the_next_list_at_once_and_for_good() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    create_two_arm_experiment(&stack, "home").await;
+    let users: Vec<String> = (0..4).map(|i| format!("fan-{i}")).collect();
+    put_lists(&stack, &users).await;
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = client_key(&stack).await;
+    let worker = marquee_tests::worker_harness::spawn_worker(&stack, |_| {}).await;
+
+    let user = &users[0];
+    let (_, before) = recommend(&api, &key, user, "?limit=5&experiment=home").await;
+    let first = movie_ids(&before);
+    let (disliked, not_interested) = (first[0], first[1]);
+    let response = api
+        .client
+        .post(api.url("/v1/events"))
+        .header("x-api-key", &key)
+        .json(&json!({"events": [
+            {"event_id": Uuid::new_v4(), "type": "dislike", "user_id": user, "movie_id": disliked,
+             "request_id": before["request_id"]},
+            {"event_id": Uuid::new_v4(), "type": "not_interested", "user_id": user, "movie_id": not_interested,
+             "request_id": before["request_id"]},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+
+    // This replica: at once, though its context for the user was cached.
+    let (_, after) = recommend(&api, &key, user, "?limit=5&experiment=home").await;
+    let now = movie_ids(&after);
+    assert!(
+        !now.contains(&disliked) && !now.contains(&not_interested),
+        "{before} then {after}"
+    );
+    assert_eq!(now.len(), 5, "the list is refilled: {after}");
+
+    // Every replica once the worker has stored them: a fresh api, no cache.
+    let stored = marquee_tests::eventually(Duration::from_secs(30), || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM negative_feedback WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&stack.pg)
+                .await
+                .unwrap();
+        n == 2
+    })
+    .await;
+    assert!(stored, "the worker stores negative feedback in PostgreSQL");
+    let other = spawn_api(&stack, |_| {}).await;
+    let (_, elsewhere) = recommend(&other, &key, user, "?limit=5&experiment=home").await;
+    let ids = movie_ids(&elsewhere);
+    assert!(
+        !ids.contains(&disliked) && !ids.contains(&not_interested),
+        "{elsewhere}"
+    );
+    // Other users are unaffected.
+    let (_, other_user) = recommend(&api, &key, &users[1], "?limit=5&experiment=home").await;
+    assert_eq!(movie_ids(&other_user).len(), 5);
+
+    // Counted per arm (they named the served list) in the results.
+    let arm = before["arm"].as_str().unwrap().to_owned();
+    let counted = marquee_tests::eventually(Duration::from_secs(30), || async {
+        let report: Value = api
+            .client
+            .get(api.url("/v1/experiments/home/results"))
+            .header("x-api-key", &api.admin_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        report["report"]["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["arm"] == arm && a["dislikes"] == 1 && a["not_interested"] == 1)
+    })
+    .await;
+    assert!(counted, "the results count the arm's negative feedback");
+    worker.stop().await;
+}

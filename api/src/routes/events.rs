@@ -23,7 +23,7 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
     /// 1 to `MARQUEE_MAX_EVENTS_PER_BATCH` (1,000) events, each
-    /// `{event_id (uuid), type (click|view|like|conversion), user_id, movie_id?, request_id?, ts?, value?}`;
+    /// `{event_id (uuid), type (click|view|like|conversion|dislike|not_interested), user_id, movie_id?, request_id?, ts?, value?}`;
     /// `movie_id` is required except on conversions, `ts` (RFC 3339, default
     /// now) must lie between 1970 and five minutes from now, `value` must be finite.
     #[schema(value_type = Vec<Object>)]
@@ -170,6 +170,15 @@ pub async fn post_events(
                     message: format!("not stored, retry it: {e}"),
                 });
                 last_failure = Some(e);
+            }
+        }
+    }
+    // A dislike takes the movie out of the user's next list on this replica
+    // at once; everywhere else once the worker has stored it.
+    for (index, event, _) in &to_send {
+        if event.kind.is_negative() && statuses[*index] != EventStatus::Failed {
+            if let Some(movie) = event.movie_id {
+                state.serving.exclude_at_once(&event.user_id, &[movie]);
             }
         }
     }

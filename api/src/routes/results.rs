@@ -182,12 +182,13 @@ pub async fn load_results(
             analytics.arm_totals(experiment_key, window).await
         }
     };
-    let (cohorts, totals, daily, positions, values) = tokio::try_join!(
+    let (cohorts, totals, daily, positions, values, negatives) = tokio::try_join!(
         cohorts,
         totals,
         analytics.arm_daily_counts(experiment_key, window),
         analytics.arm_position_clicks(experiment_key, window),
         analytics.arm_values(experiment_key, window),
+        analytics.arm_negatives(experiment_key, window),
     )?;
     let totals = if totals_from_cohorts {
         arm_totals_of(&cohorts)
@@ -221,10 +222,12 @@ pub async fn load_results(
 
     let totals: HashMap<&str, _> = totals.iter().map(|t| (t.arm_key.as_str(), t)).collect();
     let values: HashMap<&str, _> = values.iter().map(|v| (v.arm_key.as_str(), v)).collect();
+    let negatives: HashMap<&str, _> = negatives.iter().map(|n| (n.arm_key.as_str(), n)).collect();
     let mut arm_totals = Vec::with_capacity(arms.len());
     for arm in &arms {
         let t = totals.get(arm.arm_key.as_str());
         let v = values.get(arm.arm_key.as_str());
+        let n = negatives.get(arm.arm_key.as_str());
         arm_totals.push(ArmTotals {
             arm: ArmKey::parse(arm.arm_key.clone())?,
             algorithm: AlgorithmKey::parse(arm.algorithm_key.clone())?,
@@ -236,6 +239,8 @@ pub async fn load_results(
             conversion_events: t.map_or(0, |t| t.conversion_events),
             value_sum: v.map_or(0.0, |v| v.value_sum),
             value_count: v.map_or(0, |v| v.value_count),
+            dislikes: n.map_or(0, |n| n.dislikes),
+            not_interested: n.map_or(0, |n| n.not_interested),
             clicks_by_position: positions
                 .iter()
                 .filter(|p| p.arm_key == arm.arm_key)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use domain::experiment::Experiment;
-use domain::ids::{ExperimentKey, UserId};
+use domain::ids::{ExperimentKey, MovieId, UserId};
 use domain::recommend::{CatalogEntry, PrecomputedList, ScoredItem};
 use domain::serving::MovieMap;
 use repositories::kafka::{BufferedProducer, EventProducer, Refused};
@@ -28,6 +28,11 @@ use context_reads::{ContextRead, ContextReadError};
 
 /// Movies kept for the last-resort fallbacks (popular, any catalog movie).
 pub const FALLBACK_LEN: usize = 200;
+
+/// How long this replica itself keeps a user's dislikes in front of
+/// PostgreSQL: far longer than the worker takes to store them.
+const RECENT_NEGATIVES_TTL: Duration = Duration::from_secs(300);
+const RECENT_NEGATIVES_USERS: u64 = 100_000;
 
 /// Context reads waiting for a reader; past this a request waits to queue,
 /// within its time limit for the read.
@@ -120,6 +125,10 @@ pub struct Serving {
     /// Precomputed lists by (algorithm, user), `None` for "Redis has none";
     /// `None` when disabled.
     lists: Option<ExpiringCache<UserKey, Option<Arc<PrecomputedList>>>>,
+    /// Movies users said "not this one" to through this replica, for as long
+    /// as the worker may take to store them in PostgreSQL (which is the truth
+    /// after that, for every replica): merged into contexts read meanwhile.
+    recent_negatives: Option<ExpiringCache<UserKey, Arc<Vec<MovieId>>>>,
     /// Bumped whenever remembered lists are dropped: a Redis read that began
     /// before the drop may carry a list rewritten since, and must not be
     /// remembered.
@@ -217,6 +226,7 @@ impl Serving {
                 context_reads: context_reads_tx,
                 user_contexts: user_cache.build(),
                 lists: list_cache.build(),
+                recent_negatives: ExpiringCache::new(RECENT_NEGATIVES_TTL, RECENT_NEGATIVES_USERS),
                 list_generation: AtomicU64::new(0),
                 metrics: ServingMetrics::register(),
             },
@@ -343,7 +353,7 @@ impl Serving {
         };
         match tokio::time::timeout(limit, read).await {
             Ok(Ok(context)) => {
-                let context = Arc::new(context);
+                let context = Arc::new(self.with_recent_negatives(user, context));
                 if let Some(cache) = &self.user_contexts {
                     cache.insert(key, context.clone());
                 }
@@ -358,6 +368,52 @@ impl Serving {
                 None
             }
         }
+    }
+
+    /// Leave `movies` out of `user`'s lists from the next request on: their
+    /// cached contexts (every experiment's) get them as seen, and contexts
+    /// read from PostgreSQL before the worker stores the dislike get them too.
+    pub fn exclude_at_once(&self, user: &UserId, movies: &[MovieId]) {
+        if movies.is_empty() {
+            return;
+        }
+        if let Some(recent) = &self.recent_negatives {
+            let key = UserKeyRef::new(None, user.as_str());
+            let mut all: Vec<MovieId> = recent.get(&key).map(|m| m.to_vec()).unwrap_or_default();
+            all.extend_from_slice(movies);
+            all.sort_unstable();
+            all.dedup();
+            recent.insert(UserKey::new(None, user.as_str()), Arc::new(all));
+        }
+        let Some(contexts) = &self.user_contexts else {
+            return;
+        };
+        let experiments = self.experiments.get();
+        let scopes = experiments
+            .keys()
+            .map(|k| Some(k.as_str()))
+            .chain(std::iter::once(None));
+        for scope in scopes {
+            let key = UserKeyRef::new(scope, user.as_str());
+            if let Some(context) = contexts.get(&key) {
+                let mut updated = (*context).clone();
+                updated.seen.extend(movies.iter().copied());
+                contexts.insert(UserKey::new(scope, user.as_str()), Arc::new(updated));
+            }
+        }
+    }
+
+    /// `context` (just read from PostgreSQL) with the dislikes this replica
+    /// took that PostgreSQL may not hold yet.
+    fn with_recent_negatives(&self, user: &UserId, mut context: UserContext) -> UserContext {
+        if let Some(recent) = self
+            .recent_negatives
+            .as_ref()
+            .and_then(|r| r.get(&UserKeyRef::new(None, user.as_str())))
+        {
+            context.seen.extend(recent.iter().copied());
+        }
+        context
     }
 
     /// Queue a new sticky assignment for the batched PostgreSQL write and

@@ -41,6 +41,11 @@ pub static MIGRATIONS: &[(u32, &str, &str)] = &[
         "arm_user_cohort",
         include_str!("../../../migrations/clickhouse/0007_arm_user_cohort.sql"),
     ),
+    (
+        8,
+        "arm_negative_daily",
+        include_str!("../../../migrations/clickhouse/0008_arm_negative_daily.sql"),
+    ),
 ];
 
 /// Placeholder for the migration's cutoff, in seconds of `ingested_at`: a

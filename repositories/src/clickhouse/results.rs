@@ -77,6 +77,14 @@ pub struct ArmValues {
     pub value_count: u64,
 }
 
+/// Negative feedback (dislikes, "not interested") credited to one arm.
+#[derive(Debug, Clone, PartialEq, Deserialize, ::clickhouse::Row)]
+pub struct ArmNegatives {
+    pub arm_key: String,
+    pub dislikes: u64,
+    pub not_interested: u64,
+}
+
 /// Inclusive day window of a results request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DayWindow {
@@ -184,6 +192,31 @@ impl Analytics {
             .bind(to);
         crate::error::with_timeout(
             "clickhouse position clicks",
+            self.timeout(),
+            query.fetch_all(),
+        )
+        .await
+    }
+
+    /// Dislikes and "not interested" per arm over the window.
+    pub async fn arm_negatives(
+        &self,
+        experiment: &str,
+        window: DayWindow,
+    ) -> RepoResult<Vec<ArmNegatives>> {
+        let (from, to) = window.bounds();
+        let query = self
+            .client()
+            .query(
+                "SELECT arm_key, sum(dislikes) AS dislikes, sum(not_interested) AS not_interested \
+                 FROM arm_negative_daily WHERE experiment_key = ? AND day >= toDate(?) AND day <= toDate(?) \
+                 GROUP BY arm_key ORDER BY arm_key",
+            )
+            .bind(experiment)
+            .bind(from)
+            .bind(to);
+        crate::error::with_timeout(
+            "clickhouse arm negatives",
             self.timeout(),
             query.fetch_all(),
         )

@@ -163,9 +163,13 @@ async fn stream_history(
         ("views", InteractionKind::View),
         ("likes", InteractionKind::Like),
     ] {
+        // A movie the user disliked afterwards is not a positive of theirs,
+        // however often they watched it: the negative feedback cancels it.
         let sql = format!(
-            "SELECT user_id, movie_id, extract(epoch FROM ts)::int8 FROM {table} \
-             WHERE $1::timestamptz IS NULL OR ts >= $1"
+            "SELECT h.user_id, h.movie_id, extract(epoch FROM h.ts)::int8 FROM {table} h \
+             WHERE ($1::timestamptz IS NULL OR h.ts >= $1) \
+               AND NOT EXISTS (SELECT 1 FROM negative_feedback n \
+                               WHERE n.user_id = h.user_id AND n.movie_id = h.movie_id AND n.ts >= h.ts)"
         );
         let mut rows = sqlx::query_as::<_, (String, i64, i64)>(&sql)
             .bind(since)

@@ -369,7 +369,7 @@ async fn resolve_pending(
     Ok(status.to_owned())
 }
 
-/// Users, views and likes of the events new to the ledger; each keyed by
+/// Users, views, likes and negative feedback of the events new to the ledger; each keyed by
 /// event id (users by id) so a replay can never add a second row.
 async fn write_history(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -427,6 +427,31 @@ async fn write_history(
         .bind(&views.movies)
         .bind(&views.ts)
         .bind(&views.values)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let mut negative = collect(EventKind::Dislike);
+    let mut kinds = vec!["dislike"; negative.ids.len()];
+    let not_interested = collect(EventKind::NotInterested);
+    kinds.extend(std::iter::repeat_n(
+        "not_interested",
+        not_interested.ids.len(),
+    ));
+    negative.ids.extend(not_interested.ids);
+    negative.users.extend(not_interested.users);
+    negative.movies.extend(not_interested.movies);
+    negative.ts.extend(not_interested.ts);
+    if !negative.ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO negative_feedback (event_id, user_id, movie_id, kind, ts) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::timestamptz[]) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(&negative.ids)
+        .bind(&negative.users)
+        .bind(&negative.movies)
+        .bind(&kinds)
+        .bind(&negative.ts)
         .execute(&mut **tx)
         .await?;
     }

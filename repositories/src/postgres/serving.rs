@@ -164,7 +164,9 @@ impl PgServing {
                 "SELECT u.i, \
                         (SELECT arm_key FROM assignments WHERE experiment_key = $1 AND user_id = u.user_id), \
                         ARRAY((SELECT movie_id FROM views WHERE user_id = u.user_id ORDER BY ts DESC LIMIT $3) \
-                              UNION (SELECT movie_id FROM likes WHERE user_id = u.user_id ORDER BY ts DESC LIMIT $3)) \
+                              UNION (SELECT movie_id FROM likes WHERE user_id = u.user_id ORDER BY ts DESC LIMIT $3) \
+                              UNION (SELECT movie_id FROM negative_feedback WHERE user_id = u.user_id \
+                                     ORDER BY ts DESC LIMIT $3)) \
                  FROM unnest($2::text[]) WITH ORDINALITY AS u(user_id, i)",
             )
             .bind(experiment.map(ExperimentKey::as_str))
