@@ -341,7 +341,7 @@ rm -f "$lua" "$cpu_file" "$out_file"
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}'; }
 field() { echo "$1" | awk -v k="$2" '$1 == k {print $2}' | to_ms; }
 rps() { echo "$1" | awk '/Requests\/sec/ {printf "%.0f", $2}'; }
-errors() { echo "$1" | awk '/Non-2xx|Socket errors/ {print}' ; }
+errors() { echo "$2" | awk -v phase="$1" '/Non-2xx|Socket errors/ {sub(/^ +/, ""); print "  " phase ": " $0}' ; }
 api_p99() { echo "$1" | awk '$1 == "api_p99_at_most" {print "<= " $2}'; }
 row() { printf '%-52s %10s %9s %9s %14s\n' "$1" "$(rps "$2")" "$(field "$2" 50%)" "$(field "$2" 99%)" "$(api_p99 "$2")"; }
 printf '\n%-52s %10s %9s %9s %14s\n' "route" "rps" "p50 ms" "p99 ms" "api p99 ms"
@@ -401,6 +401,6 @@ if [ "${#compare_rows[@]}" -gt 0 ]; then
   printf '\nalternated builds, recommendations route\n%-52s %10s %9s %9s %14s\n' "api" "rps" "p50 ms" "p99 ms" "api p99 ms"
   for entry in "${compare_rows[@]}"; do row "${entry%%|*}" "${entry#*|}"; done
 fi
-for round in $(seq 1 "$ROUNDS"); do errors "${recs_out[round]}"; errors "${live_out[round]}"; done
-for entry in "${compare_rows[@]}"; do errors "${entry#*|}"; done
-errors "$uncached"; errors "$cold_users"; errors "$unpacked"; errors "$uncompressed"
+for round in $(seq 1 "$ROUNDS"); do errors "recommendations round $round" "${recs_out[round]}"; errors "/health/live round $round" "${live_out[round]}"; done
+for entry in "${compare_rows[@]}"; do errors "${entry%%|*}" "${entry#*|}"; done
+errors "list cache off" "$uncached"; errors "both caches off" "$cold_users"; errors "impressions unpacked" "$unpacked"; errors "packs uncompressed" "$uncompressed"

@@ -53,6 +53,87 @@ pub struct Candidate {
     pub source: ItemSource,
 }
 
+/// What the serving path knows of a catalogue movie for filtering: its year
+/// and its genres as bits of [`GenreIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MovieMeta {
+    pub year: Option<i32>,
+    pub genres: u64,
+}
+
+/// Genre names (lower case) to bits, for up to 64 genres: a catalogue's
+/// genres are a few dozen (MovieLens has 20), and a bit test per candidate is
+/// what keeps a filtered list as cheap as an unfiltered one.
+#[derive(Debug, Clone, Default)]
+pub struct GenreIndex {
+    bits: HashMap<String, u64>,
+}
+
+impl GenreIndex {
+    /// The bits of `genres`, adding names not seen yet while bits remain;
+    /// a 65th distinct genre gets none (and no filter can ask for it).
+    pub fn bits_of<'a>(&mut self, genres: impl IntoIterator<Item = &'a str>) -> u64 {
+        let mut mask = 0;
+        for genre in genres {
+            let name = genre.trim().to_lowercase();
+            let next = self.bits.len();
+            let bit = match self.bits.get(&name) {
+                Some(bit) => *bit,
+                None if next < 64 => {
+                    let bit = 1u64 << next;
+                    self.bits.insert(name, bit);
+                    bit
+                }
+                None => 0,
+            };
+            mask |= bit;
+        }
+        mask
+    }
+
+    /// The bit of a genre a caller names, if the catalogue has it.
+    pub fn bit(&self, genre: &str) -> Option<u64> {
+        self.bits.get(&genre.trim().to_lowercase()).copied()
+    }
+}
+
+/// What a caller narrowed the list to: any of `genres` (0: any genre), a
+/// range of years (a movie without a year fails a year bound), and movies
+/// to leave out.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub genres: u64,
+    pub year_from: Option<i32>,
+    pub year_to: Option<i32>,
+    pub exclude: MovieSet,
+}
+
+impl ListFilter {
+    /// Whether the filter narrows anything.
+    pub fn is_empty(&self) -> bool {
+        self.genres == 0
+            && self.year_from.is_none()
+            && self.year_to.is_none()
+            && self.exclude.is_empty()
+    }
+
+    /// Whether `movie` (with what the catalogue knows of it) passes.
+    pub fn admits(&self, movie: MovieId, meta: Option<&MovieMeta>) -> bool {
+        if self.exclude.contains(&movie) {
+            return false;
+        }
+        let year = meta.and_then(|m| m.year);
+        if self
+            .year_from
+            .is_some_and(|from| year.is_none_or(|y| y < from))
+            || self.year_to.is_some_and(|to| year.is_none_or(|y| y > to))
+        {
+            return false;
+        }
+        self.genres == 0 || meta.is_some_and(|m| m.genres & self.genres != 0)
+    }
+}
+
 /// Take up to `limit` movies from `sources` in order, skipping movies already
 /// taken, movies in `seen`, and movies `known` rejects (e.g. not in the catalog).
 ///
@@ -95,6 +176,47 @@ pub fn compose(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_admits_by_any_genre_a_year_range_and_not_excluded() {
+        let mut index = GenreIndex::default();
+        let drama = index.bits_of(["Drama"]);
+        let crime_drama = index.bits_of(["crime", " DRAMA "]);
+        assert_eq!(
+            crime_drama & drama,
+            drama,
+            "names are case- and space-insensitive"
+        );
+        let m = |id: i64| MovieId::parse(id).unwrap();
+        let meta = |year, genres| MovieMeta { year, genres };
+        let filter = ListFilter {
+            genres: index.bit("crime").unwrap(),
+            year_from: Some(1990),
+            year_to: Some(1999),
+            exclude: [m(3)].into_iter().collect(),
+        };
+        assert!(filter.admits(m(1), Some(&meta(Some(1995), crime_drama))));
+        assert!(
+            !filter.admits(m(2), Some(&meta(Some(1995), drama))),
+            "wrong genre"
+        );
+        assert!(
+            !filter.admits(m(3), Some(&meta(Some(1995), crime_drama))),
+            "excluded"
+        );
+        assert!(
+            !filter.admits(m(4), Some(&meta(Some(2001), crime_drama))),
+            "too late"
+        );
+        assert!(
+            !filter.admits(m(5), Some(&meta(None, crime_drama))),
+            "no year"
+        );
+        assert!(!filter.admits(m(6), None), "unknown to the catalogue");
+        assert!(ListFilter::default().admits(m(6), None));
+        assert!(ListFilter::default().is_empty() && !filter.is_empty());
+        assert_eq!(index.bit("western"), None);
+    }
 
     fn items(ids: &[i64]) -> Vec<ScoredItem> {
         ids.iter()

@@ -760,3 +760,66 @@ async fn a_dislike_takes_the_movie_out_of_the_next_list_at_once_and_for_good() {
     assert!(counted, "the results count the arm's negative feedback");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_filter_by_genre_and_year_page_and_exclude() {
+    let stack = TestStack::fresh().await;
+    seed_catalog(&stack).await;
+    // Odd movies are crime, even ones comedy; movie m is from 1980 + m.
+    sqlx::query(
+        "UPDATE movies SET genres = CASE WHEN id % 2 = 1 THEN ARRAY['Crime'] ELSE ARRAY['Comedy'] END, \
+                           year = 1980 + id",
+    )
+    .execute(&stack.pg)
+    .await
+    .unwrap();
+    create_two_arm_experiment(&stack, "home").await;
+    let users = vec!["filtered".to_owned()];
+    put_lists(&stack, &users).await;
+    let api = spawn_api(&stack, |_| {}).await;
+    let key = client_key(&stack).await;
+    let ask = |query: String| {
+        let (api, key) = (&api, &key);
+        async move { recommend(api, key, "filtered", &format!("?experiment=home&{query}")).await }
+    };
+
+    let (status, crime) = ask("limit=5&genre=crime".into()).await;
+    assert_eq!(status, 200, "{crime}");
+    let ids = movie_ids(&crime);
+    assert_eq!(ids.len(), 5, "{crime}");
+    assert!(ids.iter().all(|m| m % 2 == 1), "crime only: {crime}");
+    let (_, nineties) = ask("limit=10&year_from=1990&year_to=1995".into()).await;
+    let ids = movie_ids(&nineties);
+    assert!(
+        !ids.is_empty() && ids.iter().all(|m| (10..=15).contains(m)),
+        "{nineties}"
+    );
+
+    let (_, whole) = ask("limit=8".into()).await;
+    let (_, page) = ask("limit=4&offset=4".into()).await;
+    assert_eq!(
+        movie_ids(&page),
+        movie_ids(&whole)[4..].to_vec(),
+        "{whole} / {page}"
+    );
+    let first = movie_ids(&whole)[0];
+    let second = movie_ids(&whole)[1];
+    let (_, without) = ask(format!("limit=8&exclude={first},{second}")).await;
+    let ids = movie_ids(&without);
+    assert!(
+        !ids.contains(&first) && !ids.contains(&second) && ids.len() == 8,
+        "{without}"
+    );
+
+    for (query, field) in [
+        ("genre=western", "genre"),
+        ("year_from=1700", "year_from"),
+        ("year_from=2000&year_to=1990", "year_from"),
+        ("offset=501", "offset"),
+        ("exclude=1,abc", "exclude"),
+    ] {
+        let (status, body) = ask(query.to_owned()).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+}

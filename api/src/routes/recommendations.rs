@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use domain::events::ImpressionRef;
 use domain::experiment::{assign, Arm, Assignment, Experiment, ExperimentStatus};
-use domain::ids::{EventId, ExperimentKey, RequestId, UserId};
+use domain::ids::{EventId, ExperimentKey, MovieId, RequestId, UserId};
 use domain::json_out::JsonObject;
 use domain::recommend::PrecomputedList;
-use domain::serving::{compose, ItemSource};
+use domain::serving::{compose, GenreIndex, ItemSource, ListFilter};
 use repositories::postgres::serving::{NewAssignment, UserContext};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -46,6 +46,78 @@ pub struct RecommendationsQuery {
     pub limit: Option<i64>,
     /// Experiment to assign in; the configured default experiment when absent.
     pub experiment: Option<String>,
+    /// Only movies of these genres (any of them), comma-separated, e.g. `Crime,Drama`.
+    pub genre: Option<String>,
+    /// Only movies from this year on (inclusive), 1800 to 2200.
+    pub year_from: Option<i32>,
+    /// Only movies up to this year (inclusive), 1800 to 2200.
+    pub year_to: Option<i32>,
+    /// Skip this many movies of the list (paging), 0 to 500. Default 0.
+    pub offset: Option<usize>,
+    /// Movie ids to leave out, comma-separated (at most 500), e.g. the ones on screen.
+    pub exclude: Option<String>,
+}
+
+const MAX_OFFSET: usize = 500;
+const MAX_EXCLUDE: usize = 500;
+const YEARS: std::ops::RangeInclusive<i32> = 1800..=2200;
+
+/// The caller's filters, each bad value a 400 naming its parameter.
+fn parse_filter(query: &RecommendationsQuery, genres: &GenreIndex) -> ApiResult<ListFilter> {
+    let mut filter = ListFilter::default();
+    if let Some(names) = &query.genre {
+        for name in names.split(',').filter(|n| !n.trim().is_empty()) {
+            filter.genres |= genres.bit(name).ok_or_else(|| {
+                ApiError::bad_request(
+                    "genre",
+                    format!("the catalogue has no genre {:?}", name.trim()),
+                )
+            })?;
+        }
+        if filter.genres == 0 {
+            return Err(ApiError::bad_request(
+                "genre",
+                "must name at least one genre",
+            ));
+        }
+    }
+    for (field, value) in [("year_from", query.year_from), ("year_to", query.year_to)] {
+        if value.is_some_and(|y| !YEARS.contains(&y)) {
+            return Err(ApiError::bad_request(
+                field,
+                "must be between 1800 and 2200",
+            ));
+        }
+    }
+    if let (Some(from), Some(to)) = (query.year_from, query.year_to) {
+        if from > to {
+            return Err(ApiError::bad_request(
+                "year_from",
+                "must not be after year_to",
+            ));
+        }
+    }
+    (filter.year_from, filter.year_to) = (query.year_from, query.year_to);
+    if let Some(ids) = &query.exclude {
+        for id in ids.split(',').filter(|i| !i.trim().is_empty()) {
+            let movie = id
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(|m| MovieId::parse(m).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("exclude", format!("{id:?} is not a movie id"))
+                })?;
+            filter.exclude.insert(movie);
+        }
+        if filter.exclude.len() > MAX_EXCLUDE {
+            return Err(ApiError::bad_request(
+                "exclude",
+                format!("at most {MAX_EXCLUDE} movies"),
+            ));
+        }
+    }
+    Ok(filter)
 }
 
 /// A served title, borrowed from the catalog snapshot as the JSON string it
@@ -145,7 +217,7 @@ fn parse_limit(limit: Option<i64>) -> ApiResult<usize> {
     params(("user_id" = String, Path, description = "the user as the front-end knows them"), RecommendationsQuery),
     responses(
         (status = 200, body = Recommendations<'static>),
-        (status = 400, body = crate::error::ErrorBody, description = "bad user id, limit or experiment key"),
+        (status = 400, body = crate::error::ErrorBody, description = "bad user id, limit, experiment key, genre, year, offset or exclude (the error names it)"),
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody, description = "the named experiment does not exist"),
@@ -160,6 +232,14 @@ pub async fn recommendations(
 ) -> ApiResult<Response> {
     let user = UserId::parse_field("user_id", user_id)?;
     let limit = parse_limit(query.limit)?;
+    let offset = query.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(
+            "offset",
+            format!("must be at most {MAX_OFFSET}"),
+        ));
+    }
+    let filter = parse_filter(&query, &state.serving.catalog.peek().genres)?;
     let named = query
         .experiment
         .map(|k| ExperimentKey::parse_field("experiment", k))
@@ -223,8 +303,9 @@ pub async fn recommendations(
         .as_ref()
         .map(|l| l.items.as_slice())
         .unwrap_or_default();
-    let chosen = compose(
-        limit,
+    let filtered = !filter.is_empty();
+    let mut chosen = compose(
+        limit + offset,
         &[
             (ItemSource::Model, model_items),
             (ItemSource::Hot, &hot),
@@ -232,8 +313,12 @@ pub async fn recommendations(
             (ItemSource::Catalog, &catalog.any),
         ],
         &context.seen,
-        |m| catalog.titles.is_empty() || catalog.titles.contains_key(&m),
+        |m| {
+            (catalog.titles.is_empty() || catalog.titles.contains_key(&m))
+                && (!filtered || filter.admits(m, catalog.meta.get(&m)))
+        },
     );
+    chosen.drain(..offset.min(chosen.len()));
     let from_model = chosen.iter().any(|c| c.source == ItemSource::Model);
     let model_version = list
         .as_ref()

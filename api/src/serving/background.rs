@@ -139,6 +139,8 @@ async fn refresh_catalog(serving: &Serving) {
                 titles: previous.titles.clone(),
                 popular,
                 any: previous.any.clone(),
+                meta: previous.meta.clone(),
+                genres: previous.genres.clone(),
             });
         }
     }

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use domain::experiment::Experiment;
 use domain::ids::{ExperimentKey, MovieId, UserId};
 use domain::recommend::{CatalogEntry, PrecomputedList, ScoredItem};
-use domain::serving::MovieMap;
+use domain::serving::{GenreIndex, MovieMap, MovieMeta};
 use repositories::kafka::{BufferedProducer, EventProducer, Refused};
 use repositories::postgres::serving::{NewAssignment, PgServing, UserContext};
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +48,9 @@ pub struct CatalogSnapshot {
     pub popular: Vec<ScoredItem>,
     /// The first catalog movies: a non-empty catalog never yields an empty list.
     pub any: Vec<ScoredItem>,
+    /// Year and genre bits per movie, for the list filters.
+    pub meta: MovieMap<MovieMeta>,
+    pub genres: GenreIndex,
 }
 
 impl CatalogSnapshot {
@@ -60,7 +63,23 @@ impl CatalogSnapshot {
                 score: 0.0,
             })
             .collect();
+        let mut genres = GenreIndex::default();
+        let meta = catalog
+            .iter()
+            .map(|m| {
+                let bits = genres.bits_of(m.genres.iter().map(String::as_str));
+                (
+                    m.movie_id,
+                    MovieMeta {
+                        year: m.year,
+                        genres: bits,
+                    },
+                )
+            })
+            .collect();
         Self {
+            meta,
+            genres,
             titles: catalog
                 .into_iter()
                 .filter_map(|m| Some((m.movie_id, serde_json::value::to_raw_value(&m.title).ok()?)))
