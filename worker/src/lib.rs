@@ -4,6 +4,17 @@
 //!
 //! [`startup::Worker`] builds a running worker from a [`config::WorkerConfig`];
 //! tests build one in-process against their slice of the local stack.
+//!
+//! # Layout
+//!
+//! - [`consumer`]: the batch loop (intake, hold-back, ledger, ClickHouse,
+//!   commits); [`attribution`] and [`dlq`] beside it.
+//! - [`loops`]: reweighting, hot movies, consumer lag and orphan partitions.
+//! - [`models`] and [`train`]: loading active models, precomputing lists,
+//!   fitting new versions.
+//! - [`seed`], [`simulate`], [`bench`]: demo and benchmark tooling the
+//!   scripts call.
+//! - [`startup`], [`config`].
 
 pub mod attribution;
 pub mod bench;
