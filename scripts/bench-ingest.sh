@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ingestion throughput: produce EVENTS (1M) valid events to a fresh topic, then
-#  1. read them raw with a plain rdkafka consumer (`worker bench-consume`), the
+#  1. read them raw with a plain rdkafka consumer (`marquee-tools bench-consume`), the
 #     ceiling any consumer can reach on this broker and machine;
 #  2. run the release worker on them and measure how fast they become visible
 #     in ClickHouse (ledger in PostgreSQL, dedup/attribution in Redis, one
@@ -33,6 +33,7 @@ fi
 echo "[bench] building the release worker"
 cargo build --release --locked -p marquee-api -p marquee-worker >/dev/null 2>&1 || cargo build --release --locked -p marquee-api -p marquee-worker
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/worker"
+TOOLS="${CARGO_TARGET_DIR:-$ROOT/target}/release/marquee-tools"
 
 base_db="${MARQUEE_DATABASE_URL%/*}"
 admin_db="$MARQUEE_DATABASE_URL"
@@ -83,10 +84,10 @@ psql_admin "CREATE DATABASE \"$ID\""
 "$BIN" migrate >/dev/null
 
 echo "[bench] producing $EVENTS events to $MARQUEE_EVENTS_TOPIC ($PARTITIONS partitions)"
-"$BIN" bench-produce --count "$EVENTS"
+"$TOOLS" bench-produce --count "$EVENTS"
 
 echo "[bench] raw read by a plain rdkafka consumer"
-raw_json="$("$BIN" bench-consume --count "$EVENTS")"
+raw_json="$("$TOOLS" bench-consume --count "$EVENTS")"
 echo "$raw_json"
 raw_rate="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["rate"])' "$raw_json")"
 

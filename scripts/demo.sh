@@ -60,14 +60,14 @@ skipped=()
 
 say "migrating"
 "$BIN/api" migrate
-if has "$BIN/worker" seed && has "$BIN/worker" train; then
+if has "$BIN/marquee-tools" seed && has "$BIN/worker" train; then
   say "seeding the $SIZE catalog (seed $SEED), training popularity, item-kNN and ALS"
-  "$BIN/worker" seed --size "$SIZE" --seed "$SEED"
+  "$BIN/marquee-tools" seed --size "$SIZE" --seed "$SEED"
   for algorithm in popularity item_knn als; do
     "$BIN/worker" train --algorithm "$algorithm"
   done
 else
-  skipped+=("seeding and training: this build has no 'worker seed' / 'worker train' yet")
+  skipped+=("seeding and training: this build has no 'marquee-tools seed' / 'worker train' yet")
 fi
 
 say "starting worker and api (logs in .stack/logs)"
@@ -111,7 +111,7 @@ CLIENT_KEY="$("$BIN/api" keys create --role client --name demo-simulator | tail 
 weights_start="$(weights)"
 
 say "simulating ${SECONDS_OF_TRAFFIC}s of traffic"
-"$BIN/worker" simulate --client-key "$CLIENT_KEY" --api-url "$API" --experiment home \
+"$BIN/marquee-tools" simulate --client-key "$CLIENT_KEY" --api-url "$API" --experiment home \
   --seconds "$SECONDS_OF_TRAFFIC" --size "$SIZE" --seed "$SEED"
 sleep 3 # let the worker ingest the last batches
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: DURATION seconds (default 600) of steady traffic through the whole
-# loop: the release api serving recommendations to `worker simulate`'s
+# loop: the release api serving recommendations to `marquee-tools simulate`'s
 # sessions (CONCURRENCY, default 4) and producing impressions, clicks sent
 # half through POST /v1/events and half straight to Kafka, the release worker
 # ingesting them. Every 30 s it samples the api's and the worker's resident
@@ -59,7 +59,7 @@ cargo build --release --locked -p marquee-api -p marquee-worker >"$LOGS/build.lo
 BIN="$ROOT/target/release"
 say "migrating, seeding the $SIZE catalog, training popularity, item-kNN and ALS"
 "$BIN/api" migrate >/dev/null
-"$BIN/worker" seed --size "$SIZE" --seed 42 >/dev/null
+"$BIN/marquee-tools" seed --size "$SIZE" --seed 42 >/dev/null
 for algorithm in popularity item_knn als; do "$BIN/worker" train --algorithm "$algorithm" >/dev/null; done
 
 "$BIN/worker" run >"$LOGS/worker.log" 2>&1 &
@@ -93,7 +93,7 @@ lag() { curl -fsS "http://127.0.0.1:$MARQUEE_WORKER_METRICS_PORT/metrics" 2>/dev
 pids+=($!)
 
 say "simulating ${DURATION}s of traffic ($CONCURRENCY sessions)"
-"$BIN/worker" simulate --client-key "$CLIENT_KEY" --api-url "$API" --experiment home \
+"$BIN/marquee-tools" simulate --client-key "$CLIENT_KEY" --api-url "$API" --experiment home \
   --seconds "$DURATION" --size "$SIZE" --seed 42 --concurrency "$CONCURRENCY" | tee "$LOGS/simulate.txt" | head -1
 read -r requests failed via_api via_kafka < <(sed -n '1s/^simulated \([0-9]*\) requests (\([0-9]*\) failed); clicks sent: \([0-9]*\) via POST \/v1\/events, \([0-9]*\) straight to Kafka$/\1 \2 \3 \4/p' "$LOGS/simulate.txt")
 

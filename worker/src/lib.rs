@@ -12,8 +12,8 @@
 //! - [`loops`]: reweighting, hot movies, consumer lag and orphan partitions.
 //! - [`models`] and [`train`]: loading active models, precomputing lists,
 //!   fitting new versions.
-//! - [`seed`], [`simulate`], [`bench`]: demo and benchmark tooling the
-//!   scripts call.
+//! - [`seed`], [`simulate`], [`bench`]: demo and benchmark tooling, run by
+//!   the `marquee-tools` binary (not by `worker`) for the scripts.
 //! - [`startup`], [`config`].
 
 pub mod attribution;

@@ -171,19 +171,24 @@ pub async fn run(args: SimulateArgs, kafka: KafkaSettings) -> anyhow::Result<Sim
                         via_api += 1;
                     }
                 }
-                if pending_api_events.len() >= 20 {
-                    post_events(&http, &args, std::mem::take(&mut pending_api_events)).await;
-                }
+                let lost = if pending_api_events.len() >= 20 {
+                    post_events(&http, &args, std::mem::take(&mut pending_api_events)).await
+                } else {
+                    0
+                };
                 let mut s = summary.lock().await;
                 s.requests += 1;
                 s.clicks_via_api += via_api;
+                s.clicks_via_api -= lost.min(s.clicks_via_api);
                 s.clicks_via_kafka += via_kafka;
                 let tally = s.per_arm.entry(served.arm.clone()).or_default();
                 tally.requests += 1;
                 tally.impressions += served.items.len() as u64;
                 tally.clicks += clicks.len() as u64;
             }
-            post_events(&http, &args, pending_api_events).await;
+            let lost = post_events(&http, &args, pending_api_events).await;
+            let mut s = summary.lock().await;
+            s.clicks_via_api -= lost.min(s.clicks_via_api);
         }));
     }
     for session in sessions {
@@ -213,23 +218,56 @@ async fn recommend(
     Ok(response.json().await?)
 }
 
-async fn post_events(http: &reqwest::Client, args: &SimulateArgs, events: Vec<serde_json::Value>) {
+/// Post a batch of events as a front-end should: a 429 or 503 is retried
+/// with the same event ids after the server's `retry-after` (at most five
+/// attempts), since the ids make a retry safe. Answers how many events were
+/// not accepted in the end.
+async fn post_events(
+    http: &reqwest::Client,
+    args: &SimulateArgs,
+    events: Vec<serde_json::Value>,
+) -> u64 {
     if events.is_empty() {
-        return;
+        return 0;
     }
-    let result = http
-        .post(format!("{}/v1/events", args.api_url))
-        .header("x-api-key", &args.client_key)
-        .json(&json!({ "events": events }))
-        .send()
-        .await;
-    match result {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => {
-            tracing::warn!(status = %response.status(), "POST /v1/events refused a batch")
-        }
-        Err(e) => tracing::warn!(error = %e, "POST /v1/events failed"),
+    let body = json!({ "events": events });
+    for attempt in 1..=5u32 {
+        let result = http
+            .post(format!("{}/v1/events", args.api_url))
+            .header("x-api-key", &args.client_key)
+            .json(&body)
+            .send()
+            .await;
+        let wait = match result {
+            Ok(response) if response.status().is_success() => return 0,
+            Ok(response)
+                if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                let seconds = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                Duration::from_secs(seconds.clamp(1, 5))
+            }
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "POST /v1/events refused a batch");
+                return events.len() as u64;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "POST /v1/events failed; retrying");
+                Duration::from_millis(200 * u64::from(attempt))
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
+    tracing::warn!(
+        events = events.len(),
+        "POST /v1/events kept failing; batch given up"
+    );
+    events.len() as u64
 }
 
 #[cfg(test)]
