@@ -199,7 +199,7 @@ async fn newest_interaction(pool: &PgPool) -> RepoResult<Option<DateTime<Utc>>> 
 }
 
 /// Users with a view or like at or after `since`, with every movie they ever
-/// viewed or liked (the movies their lists must not repeat).
+/// viewed, liked or disliked (the movies their lists must not hold).
 async fn active_users_with_history(
     pool: &PgPool,
     since: DateTime<Utc>,
@@ -211,7 +211,8 @@ async fn active_users_with_history(
          SELECT a.user_id, array_agg(DISTINCT h.movie_id ORDER BY h.movie_id) \
          FROM active a \
          JOIN (SELECT user_id, movie_id FROM views \
-               UNION ALL SELECT user_id, movie_id FROM likes) h ON h.user_id = a.user_id \
+               UNION ALL SELECT user_id, movie_id FROM likes \
+               UNION ALL SELECT user_id, movie_id FROM negative_feedback) h ON h.user_id = a.user_id \
          GROUP BY a.user_id ORDER BY a.user_id",
     )
     .bind(since)
