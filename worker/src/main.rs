@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use marquee_worker::config::WorkerConfig;
-use marquee_worker::startup::{wait_for_dependencies, Worker};
+use marquee_worker::startup::{command_stores, wait_for_dependencies, Worker};
 use repositories::runtime::{self, migrate_with_retry};
 use repositories::stores::Stores;
 
@@ -30,18 +30,6 @@ enum Command {
     Migrate,
     /// Fit, evaluate, store in S3, register and (unless --no-activate) activate a model.
     Train(marquee_worker::train::TrainArgs),
-}
-
-/// Stores for a one-shot command, migrated first (unless migrations at start are off).
-async fn command_stores(config: &WorkerConfig) -> anyhow::Result<Stores> {
-    let limit = std::time::Duration::from_secs(config.startup_timeout_s);
-    let stores = Stores::open(&config.stack).context("opening store clients")?;
-    if config.migrate_on_start {
-        migrate_with_retry(&stores, limit)
-            .await
-            .context("migrating stores")?;
-    }
-    Ok(stores)
 }
 
 #[tokio::main]

@@ -257,3 +257,15 @@ pub async fn wait_for_dependencies(stores: &Stores, limit: Duration) -> anyhow::
         delay = (delay * 2).min(Duration::from_secs(3));
     }
 }
+
+/// Stores for a one-shot command (train, seed, import), migrated first
+/// unless migrations at start are off.
+pub async fn command_stores(config: &WorkerConfig) -> anyhow::Result<Stores> {
+    let stores = Stores::open(&config.stack).context("opening store clients")?;
+    if config.migrate_on_start {
+        migrate_with_retry(&stores, Duration::from_secs(config.startup_timeout_s))
+            .await
+            .context("migrating stores")?;
+    }
+    Ok(stores)
+}

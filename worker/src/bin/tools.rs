@@ -2,12 +2,11 @@
 //! the production `worker` binary: a synthetic world, a MovieLens import,
 //! simulated traffic, and raw Kafka produce/consume rates.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use marquee_worker::bench;
 use marquee_worker::config::WorkerConfig;
-use repositories::runtime::{self, migrate_with_retry};
-use repositories::stores::Stores;
+use marquee_worker::startup::command_stores;
+use repositories::runtime;
 
 #[derive(Parser)]
 #[command(
@@ -45,18 +44,6 @@ enum Command {
         /// Directory holding the unpacked dataset.
         dir: std::path::PathBuf,
     },
-}
-
-/// Stores for a one-shot command, migrated first (unless migrations at start are off).
-async fn command_stores(config: &WorkerConfig) -> anyhow::Result<Stores> {
-    let limit = std::time::Duration::from_secs(config.startup_timeout_s);
-    let stores = Stores::open(&config.stack).context("opening store clients")?;
-    if config.migrate_on_start {
-        migrate_with_retry(&stores, limit)
-            .await
-            .context("migrating stores")?;
-    }
-    Ok(stores)
 }
 
 fn print_load(
