@@ -292,7 +292,9 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
     let control_estimate = estimate(input.metric, &control.counts)?;
     let arm_keys: Vec<&ArmKey> = input.arms.iter().map(|a| &a.arm).collect();
     let cohort_cells = cohort_grid(input, &arm_keys)?;
-    let mut comparisons = Vec::new();
+    // Each treatment's pooled and cohort lifts, and its headline: the cohort
+    // lift once weights changed, else the pooled one.
+    let mut lifts = Vec::new();
     for treatment in input.arms.iter().filter(|a| !a.is_control) {
         let pooled = compare(
             &control_estimate,
@@ -305,41 +307,34 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
         } else {
             None
         };
+        let headline = Headline::of(&cohort, &pooled);
+        lifts.push((treatment, pooled, cohort, headline));
+    }
+    // Several treatments are decided at the family's level (see `decide`).
+    let raw: Vec<Option<f64>> = lifts.iter().map(|(.., h)| h.p_value).collect();
+    let holm_adjusted = holm(&raw);
+    let treatments = lifts.len().max(1);
+    let mut comparisons = Vec::with_capacity(lifts.len());
+    for ((treatment, pooled, cohort, headline), p_value_holm) in
+        lifts.into_iter().zip(holm_adjusted)
+    {
         let users = control.counts.users + treatment.counts.users;
-        let (sequential, fixed_significant) = match &cohort {
-            Some(c) => (
-                sequential_lift(
-                    c.combined.estimate.zip(c.combined.std_error),
-                    None,
-                    users,
-                    input.analysis.tuning(),
-                ),
-                c.combined.p_value.is_some_and(|p| p < 0.05),
-            ),
-            None => (
-                sequential_lift(
-                    pooled.abs_lift.zip(pooled.abs_std_error),
-                    pooled.rel_lift.zip(pooled.rel_std_error),
-                    users,
-                    input.analysis.tuning(),
-                ),
-                pooled.p_value.is_some_and(|p| p < 0.05),
-            ),
-        };
-        let significant = match input.analysis {
-            Analysis::Sequential { .. } => sequential.significant,
-            Analysis::FixedHorizon => fixed_significant,
-        };
-        let headline_se = match &cohort {
-            Some(c) => c.combined.std_error,
-            None => pooled.abs_std_error,
-        };
+        let sequential = sequential_lift(
+            headline.estimate.zip(headline.std_error),
+            // The relative sequence for the pooled lift only.
+            cohort
+                .is_none()
+                .then(|| pooled.rel_lift.zip(pooled.rel_std_error))
+                .flatten(),
+            users,
+            input.analysis.tuning(),
+        );
         let users_per_day = input
             .running_days
             .filter(|d| *d > 0.0)
             .map(|d| users as f64 / d);
         let power = power(
-            headline_se,
+            headline.std_error,
             control_estimate.mean,
             users,
             users_per_day,
@@ -347,7 +342,7 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
         );
         let metrics = metric_tests(
             input.metric,
-            fixed_p(&cohort, &pooled),
+            headline.p_value,
             &control.counts,
             &treatment.counts,
         )?;
@@ -355,16 +350,21 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
             arm: treatment.arm.clone(),
             control: control.arm.clone(),
             metric: input.metric,
+            significant: decide(
+                input.analysis,
+                &headline,
+                &sequential,
+                treatments,
+                p_value_holm,
+            ),
             pooled,
             cohort,
             sequential,
-            significant,
             power,
-            p_value_holm: None,
+            p_value_holm,
             metrics,
         });
     }
-    adjust_for_multiple_arms(&mut comparisons, input.analysis);
 
     let mut warnings = Vec::new();
     let (srm, periods) = if input.periods.is_empty() {
@@ -446,11 +446,29 @@ pub fn build_report(input: &ResultsInput) -> Result<ResultsReport, ValidationErr
     })
 }
 
-/// The headline's fixed-horizon p-value: the cohort one once weights changed.
-fn fixed_p(cohort: &Option<CohortLift>, pooled: &Comparison) -> Option<f64> {
-    match cohort {
-        Some(c) => c.combined.p_value,
-        None => pooled.p_value,
+/// The lift a comparison is read by: the cohort lift once weights changed,
+/// else the pooled one.
+struct Headline {
+    estimate: Option<f64>,
+    std_error: Option<f64>,
+    /// Fixed-horizon two-sided p-value.
+    p_value: Option<f64>,
+}
+
+impl Headline {
+    fn of(cohort: &Option<CohortLift>, pooled: &Comparison) -> Self {
+        match cohort {
+            Some(c) => Self {
+                estimate: c.combined.estimate,
+                std_error: c.combined.std_error,
+                p_value: c.combined.p_value,
+            },
+            None => Self {
+                estimate: pooled.abs_lift,
+                std_error: pooled.abs_std_error,
+                p_value: pooled.p_value,
+            },
+        }
     }
 }
 
@@ -484,38 +502,29 @@ fn metric_tests(
     Ok(tests)
 }
 
-/// With several treatments, each decision is taken at the family's level:
-/// Holm-adjusted p-values for a fixed horizon, and for the sequential
-/// analysis a Bonferroni split of α among the arms' confidence sequences
-/// (Holm's step-down needs p-values the sequences do not give). The
-/// reported 95% sequences stay as they are.
-fn adjust_for_multiple_arms(comparisons: &mut [ArmComparison], analysis: Analysis) {
-    let raw: Vec<Option<f64>> = comparisons
-        .iter()
-        .map(|c| fixed_p(&c.cohort, &c.pooled))
-        .collect();
-    let arms = comparisons.len().max(1);
-    for (c, adjusted) in comparisons.iter_mut().zip(holm(&raw)) {
-        c.p_value_holm = adjusted;
-        c.significant = match analysis {
-            Analysis::FixedHorizon => adjusted.is_some_and(|p| p < 0.05),
-            Analysis::Sequential { tuning } if arms > 1 => {
-                let (estimate, std_error) = match &c.cohort {
-                    Some(k) => (k.combined.estimate, k.combined.std_error),
-                    None => (c.pooled.abs_lift, c.pooled.abs_std_error),
-                };
-                estimate.zip(std_error).is_some_and(|(e, se)| {
-                    sequential_half_width(
-                        se * se,
-                        c.sequential.n as f64,
-                        0.05 / arms as f64,
-                        tuning,
-                    )
+/// Whether a comparison is significant under `analysis`, with `arms`
+/// treatments decided at the family's level: by the Holm-adjusted p-value
+/// for a fixed horizon; for the sequential analysis by the confidence
+/// sequence, at α/`arms` when there are several (a Bonferroni split: Holm's
+/// step-down needs p-values the sequences do not give). The reported 95%
+/// sequences stay as they are.
+fn decide(
+    analysis: Analysis,
+    headline: &Headline,
+    sequential: &SequentialLift,
+    arms: usize,
+    p_value_holm: Option<f64>,
+) -> bool {
+    match analysis {
+        Analysis::FixedHorizon => p_value_holm.is_some_and(|p| p < 0.05),
+        Analysis::Sequential { tuning } if arms > 1 => headline
+            .estimate
+            .zip(headline.std_error)
+            .is_some_and(|(e, se)| {
+                sequential_half_width(se * se, sequential.n as f64, 0.05 / arms as f64, tuning)
                     .is_some_and(|h| e.abs() > h)
-                })
-            }
-            Analysis::Sequential { .. } => c.sequential.significant,
-        };
+            }),
+        Analysis::Sequential { .. } => sequential.significant,
     }
 }
 
