@@ -270,12 +270,9 @@ pub async fn load_results(
         running_days: experiment
             .started_at
             .map(|s| (Utc::now() - s).num_seconds().max(0) as f64 / 86_400.0),
-        analysis: match experiment.analysis.as_str() {
-            "fixed_horizon" => domain::stats::Analysis::FixedHorizon,
-            _ => domain::stats::Analysis::Sequential {
-                tuning: experiment.sequential_tuning,
-            },
-        },
+        analysis: experiment.analysis().map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("stored experiment is inconsistent: {e}"))
+        })?,
     })
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored aggregates are inconsistent: {e}")))?;
     Ok(ResultsResponse {

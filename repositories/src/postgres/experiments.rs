@@ -454,6 +454,14 @@ pub struct ResultsExperiment {
     pub sequential_tuning: f64,
 }
 
+impl ResultsExperiment {
+    /// The stored analysis as the domain's; the column's CHECK admits only
+    /// the two methods, so an error means the schema and this code disagree.
+    pub fn analysis(&self) -> Result<domain::stats::Analysis, ValidationError> {
+        super::reweight::analysis_of(&self.analysis, self.sequential_tuning)
+    }
+}
+
 /// An arm as its results show it, in display order.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ResultsArm {
