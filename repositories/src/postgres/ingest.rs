@@ -394,16 +394,18 @@ async fn write_history(
         movies: Vec<i64>,
         ts: Vec<DateTime<Utc>>,
         values: Vec<Option<f64>>,
+        kinds: Vec<&'static str>,
     }
-    let collect = |kind: EventKind| {
+    let collect = |wanted: fn(EventKind) -> bool| {
         let mut c = Cols {
             ids: Vec::new(),
             users: Vec::new(),
             movies: Vec::new(),
             ts: Vec::new(),
             values: Vec::new(),
+            kinds: Vec::new(),
         };
-        for e in events.iter().filter(|e| e.event.kind == kind) {
+        for e in events.iter().filter(|e| wanted(e.event.kind)) {
             let Some(movie) = e.event.movie_id else {
                 continue;
             };
@@ -412,10 +414,11 @@ async fn write_history(
             c.movies.push(movie.get());
             c.ts.push(e.event.ts);
             c.values.push(e.event.value);
+            c.kinds.push(e.event.kind.as_str());
         }
         c
     };
-    let views = collect(EventKind::View);
+    let views = collect(|k| k == EventKind::View);
     if !views.ids.is_empty() {
         sqlx::query(
             "INSERT INTO views (event_id, user_id, movie_id, ts, value) \
@@ -430,17 +433,7 @@ async fn write_history(
         .execute(&mut **tx)
         .await?;
     }
-    let mut negative = collect(EventKind::Dislike);
-    let mut kinds = vec!["dislike"; negative.ids.len()];
-    let not_interested = collect(EventKind::NotInterested);
-    kinds.extend(std::iter::repeat_n(
-        "not_interested",
-        not_interested.ids.len(),
-    ));
-    negative.ids.extend(not_interested.ids);
-    negative.users.extend(not_interested.users);
-    negative.movies.extend(not_interested.movies);
-    negative.ts.extend(not_interested.ts);
+    let negative = collect(EventKind::is_negative);
     if !negative.ids.is_empty() {
         sqlx::query(
             "INSERT INTO negative_feedback (event_id, user_id, movie_id, kind, ts) \
@@ -450,12 +443,12 @@ async fn write_history(
         .bind(&negative.ids)
         .bind(&negative.users)
         .bind(&negative.movies)
-        .bind(&kinds)
+        .bind(&negative.kinds)
         .bind(&negative.ts)
         .execute(&mut **tx)
         .await?;
     }
-    let likes = collect(EventKind::Like);
+    let likes = collect(|k| k == EventKind::Like);
     if !likes.ids.is_empty() {
         sqlx::query(
             "INSERT INTO likes (event_id, user_id, movie_id, ts) \
