@@ -8,6 +8,7 @@
 use axum::extract::State;
 use axum::Json;
 use domain::ids::MovieId;
+use domain::recommend::ScoredItem;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -110,48 +111,34 @@ pub async fn similar_movies(
             None
         }
     };
-    let answer = match precomputed {
-        Some(list) => SimilarMovies {
-            movie_id: movie.get(),
-            algorithm: algorithm.to_owned(),
-            source: "model",
-            model_version: Some(list.model_version),
-            items: list
-                .items
-                .into_iter()
-                .filter(|s| s.movie_id != movie)
-                .take(limit)
-                .map(|s| SimilarMovie {
-                    movie_id: s.movie_id.get(),
-                    title: title(s.movie_id),
-                    score: s.score,
-                })
-                .collect(),
-        },
+    let hot;
+    let (source, model_version, items): (_, _, &[ScoredItem]) = match &precomputed {
+        Some(list) => ("model", Some(list.model_version.clone()), &list.items),
         None => {
-            let hot = state.serving.hot.get();
+            hot = state.serving.hot.get();
             let fallback = if hot.is_empty() {
                 &catalog.popular
             } else {
                 &*hot
             };
-            SimilarMovies {
-                movie_id: movie.get(),
-                algorithm: algorithm.to_owned(),
-                source: "popular",
-                model_version: None,
-                items: fallback
-                    .iter()
-                    .filter(|s| s.movie_id != movie)
-                    .take(limit)
-                    .map(|s| SimilarMovie {
-                        movie_id: s.movie_id.get(),
-                        title: title(s.movie_id),
-                        score: s.score,
-                    })
-                    .collect(),
-            }
+            ("popular", None, fallback)
         }
+    };
+    let answer = SimilarMovies {
+        movie_id: movie.get(),
+        algorithm: algorithm.to_owned(),
+        source,
+        model_version,
+        items: items
+            .iter()
+            .filter(|s| s.movie_id != movie)
+            .take(limit)
+            .map(|s| SimilarMovie {
+                movie_id: s.movie_id.get(),
+                title: title(s.movie_id),
+                score: s.score,
+            })
+            .collect(),
     };
     Ok(Json(answer))
 }
